@@ -1,0 +1,8 @@
+"""Fused LM-head log-prob kernels (installed as ``lit_idpo.kernels``).
+
+Public API: :func:`linear_logprobs` and its :class:`LinearLogprobsOptions`.
+"""
+
+from .linear_logprobs import BACKENDS, LinearLogprobsOptions, linear_logprobs, naive_linear_logprobs
+
+__all__ = ["BACKENDS", "LinearLogprobsOptions", "linear_logprobs", "naive_linear_logprobs"]
