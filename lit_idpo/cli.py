@@ -1,0 +1,54 @@
+"""The ``lit-idpo`` command: LightningCLI over IntermediateDPO and PreferenceDataModule.
+
+    lit-idpo fit --config configs/quickstart.yaml
+    lit-idpo validate --config configs/tiny.yaml
+    lit-idpo fit --help            # every option with its docstring
+    lit-idpo fit --config configs/quickstart.yaml --print_config
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+
+from lit_idpo.data import PreferenceDataModule  # noqa: E402
+from lit_idpo.module import IntermediateDPO  # noqa: E402
+
+
+class IntermediateDPOCLI(LightningCLI):
+    """LightningCLI with the tokenizer tied to the policy and a closing summary after ``fit``."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # The data must be tokenised with the policy's own tokenizer.
+        parser.link_arguments("model.model", "data.tokenizer")
+
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        elapsed = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
+        model = self.model
+        lines = [f"lit-idpo: fit finished in {elapsed:.1f} s."]
+        if model.last_val_table:
+            lines.append("Final validation metrics per layer:\n" + model.last_val_table)
+        if model.saved_model_dir:
+            lines.append(f"Trained policy (Hugging Face format): {model.saved_model_dir}")
+        rank_zero_info("\n".join(lines))
+
+
+def main(args=None) -> None:
+    IntermediateDPOCLI(
+        IntermediateDPO,
+        PreferenceDataModule,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

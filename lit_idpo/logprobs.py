@@ -1,0 +1,184 @@
+"""Model + batch -> per-layer sequence log-probs of the completion tokens.
+
+For a layer ``l`` (1..L, the output of decoder block ``l``) the log-prob of a completion comes from
+``lm_head(final_norm(h_l))``: the model's own final norm and LM head, nothing new is trained. The
+final layer (``l = L``) uses the model's normal output path. Hugging Face backbones return
+``hidden_states`` as L+1 tensors whose LAST entry is already after the final norm, so the norm is
+applied to intermediate entries only, never twice to the last.
+
+The CausalLM forward would build ``[B, T, V]`` logits for every position; we run the backbone alone,
+keep only the rows that predict a completion token (prompt and padding rows never reach the head),
+and push the rows of every selected layer through ONE :func:`linear_logprobs` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
+
+# Attribute names under which backbones keep their final norm (Llama/Mistral/Qwen2/Gemma: norm;
+# GPT-2/GPT-J/Falcon: ln_f; GPT-NeoX/OPT: final_layer_norm; Phi: final_layernorm).
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
+# Model types whose layout (hidden_states[-1] already normed, head applied without post-processing)
+# the tests check against the CausalLM's own logits. Others are checked once at run time.
+_VERIFIED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gpt2"}
+# Config fields that post-process logits after the head; we refuse rather than return wrong numbers.
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass
+class HeadPath:
+    """Where a causal LM keeps the pieces sequence_logprobs needs."""
+
+    backbone: nn.Module  # the decoder stack: returns hidden_states
+    final_norm: nn.Module  # applied to intermediate hidden states
+    lm_head: nn.Module  # output embeddings: a bias-free Linear [V, d]
+    num_layers: int
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # A peft PeftModel wraps the CausalLM; its adapters stay active inside the unwrapped modules.
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        return model.get_base_model()
+    return model
+
+
+def find_head_path(model: nn.Module) -> HeadPath:
+    """Locate backbone, final norm and LM head of a Hugging Face causal LM, or raise a clear error."""
+    model = _unwrap(model)
+    name = type(model).__name__
+    config = getattr(model, "config", None)
+    if config is None:
+        raise ValueError(f"sequence_logprobs: {name} has no Hugging Face config; pass a transformers causal LM.")
+    for field in _LOGIT_POSTPROCESSING:
+        value = getattr(config, field, None)
+        if value not in (None, 1, 1.0, False):
+            raise ValueError(
+                f"sequence_logprobs: {name} post-processes its logits ({field}={value}); the fused head does not "
+                f"support that, so its log-probs would be wrong. Use a model without {field}."
+            )
+    backbone = getattr(model, "base_model", None)
+    if backbone is None or backbone is model:
+        raise ValueError(f"sequence_logprobs: cannot find the decoder backbone of {name} (no base_model).")
+    final_norm = next((getattr(backbone, n) for n in _FINAL_NORM_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
+    if final_norm is None:
+        raise ValueError(
+            f"sequence_logprobs: cannot find the final norm of {name} (looked for {', '.join(_FINAL_NORM_NAMES)} on "
+            f"{type(backbone).__name__}); this architecture is not supported."
+        )
+    lm_head = model.get_output_embeddings()
+    if lm_head is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor) or lm_head.weight.dim() != 2:
+        raise ValueError(f"sequence_logprobs: cannot find the LM head (output embeddings) of {name}.")
+    if getattr(lm_head, "bias", None) is not None:
+        raise ValueError(f"sequence_logprobs: the LM head of {name} has a bias, which the fused head does not support.")
+    num_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not num_layers:
+        raise ValueError(f"sequence_logprobs: {name}'s config gives no number of layers (num_hidden_layers).")
+    return HeadPath(backbone=backbone, final_norm=final_norm, lm_head=lm_head, num_layers=int(num_layers))
+
+
+def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """Map layer numbers (1..L, or negative from the end: -1 is L) to 1..L, checking the range."""
+    resolved = []
+    for layer in layers:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise ValueError(f"layers: {layer!r} is not an integer layer number.")
+        absolute = layer + num_layers + 1 if layer < 0 else layer
+        if not 1 <= absolute <= num_layers:
+            raise ValueError(
+                f"layers: {layer} is out of range for a model with {num_layers} decoder blocks; use 1..{num_layers} "
+                f"(the output of that block; {num_layers} is the final layer) or -1..-{num_layers} from the end."
+            )
+        resolved.append(absolute)
+    return resolved
+
+
+def _verify_head_path_once(model: nn.Module, path: HeadPath) -> None:
+    """For an unverified architecture, check once that lm_head(hidden_states[-1]) equals its logits."""
+    base = _unwrap(model)
+    if getattr(base, "_lit_idpo_head_verified", False) or getattr(base.config, "model_type", None) in _VERIFIED_MODEL_TYPES:
+        return
+    probe = torch.arange(1, 5, device=path.lm_head.weight.device).unsqueeze(0) % path.lm_head.weight.shape[0]  # [1, 4]
+    with torch.no_grad():
+        out = base(input_ids=probe, output_hidden_states=True)
+        ours = path.lm_head(out.hidden_states[-1]).float()
+        if not torch.allclose(ours, out.logits.float(), rtol=1e-3, atol=1e-3):
+            raise ValueError(
+                f"sequence_logprobs: {type(base).__name__} does not produce its logits as lm_head(last hidden state); "
+                f"its intermediate-layer log-probs cannot be computed reliably, so it is not supported."
+            )
+    base._lit_idpo_head_verified = True
+
+
+def sequence_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    layers: Sequence[int],
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Summed completion-token log-probs of a causal LM, read at several layers.
+
+    Args:
+        model: a Hugging Face causal LM (Llama/Mistral/Qwen2-style or GPT-2-style), or a peft model.
+        input_ids: ``[B, T]`` token ids, right- or left-padded.
+        attention_mask: ``[B, T]`` 1 on real tokens, 0 on padding.
+        completion_mask: ``[B, T]`` 1 on the tokens whose log-prob counts (the completion); the token at
+            position t is predicted from position t-1, so position 0 can never be marked.
+        layers: layer numbers 1..L (the output of decoder block l; L is the final layer, which uses the
+            model's normal output path) or negative numbers counted from the end (-1 is L).
+        backend: :func:`linear_logprobs` backend (``"auto"``: triton on CUDA, torch elsewhere).
+
+    Returns:
+        ``[len(layers), B]`` float32 (float64 for a float64 model): per layer, in the given order, the
+        sum of the completion tokens' log-probs.
+    """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or completion_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"sequence_logprobs: input_ids, attention_mask and completion_mask must share one [B, T] shape, got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(completion_mask.shape)}."
+        )
+    if len(layers) == 0:
+        raise ValueError("sequence_logprobs: layers is empty; pass at least one layer (-1 is the final layer).")
+    completion = completion_mask.bool()
+    if completion[:, 0].any():
+        raise ValueError("sequence_logprobs: completion_mask marks position 0, which no earlier token predicts.")
+    if (completion & ~attention_mask.bool()).any():
+        raise ValueError("sequence_logprobs: completion_mask marks padding (attention_mask is 0 there).")
+
+    path = find_head_path(model)
+    layer_ids = resolve_layers(list(layers), path.num_layers)
+    _verify_head_path_once(model, path)
+
+    # Positions count real tokens only, so a left-padded row sees the same positions as a right-padded
+    # one (the backbones' default is 0..T-1 regardless of padding).
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    outputs = path.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                            output_hidden_states=True, use_cache=False)
+    hidden_states = outputs.hidden_states  # L+1 x [B, T, d]; the last is already normed
+
+    # Hidden state at t-1 predicts token t: keep the rows that predict a completion token.
+    predicts_completion = completion[:, 1:]  # [B, T-1]
+    batch_index, position = predicts_completion.nonzero(as_tuple=True)  # [n] each
+    targets = input_ids[:, 1:][batch_index, position]  # [n]
+
+    rows = []
+    for layer in layer_ids:
+        h = hidden_states[layer][:, :-1][batch_index, position]  # [n, d]
+        rows.append(h if layer == path.num_layers else path.final_norm(h))
+    stacked = torch.stack(rows)  # [layers, n, d]
+    token_logprobs = linear_logprobs(
+        stacked, path.lm_head.weight, targets.unsqueeze(0).expand(len(layer_ids), -1),
+        options=LinearLogprobsOptions(backend=backend),
+    )  # [layers, n]
+
+    batch_size = input_ids.shape[0]
+    sums = token_logprobs.new_zeros(len(layer_ids), batch_size)  # [layers, B]
+    return sums.index_add(1, batch_index, token_logprobs)

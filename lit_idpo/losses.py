@@ -1,0 +1,120 @@
+"""Preference losses on log-ratios, and the Intermediate DPO loss over layers.
+
+Notation for one pair and one layer: the policy-vs-reference log-ratio of a completion is
+``r(y) = log pi(y|x) - log ref(y|x)``; the preference margin is ``h = r(y_w) - r(y_l)``.
+Per-pair losses (the definitions TRL uses, so numbers compare one to one):
+
+    sigmoid  -(1-eps) log s(beta h) - eps log s(-beta h)             (eps = label_smoothing: cDPO)
+    robust   (-(1-eps) log s(beta h) + eps log s(-beta h)) / (1 - 2 eps)
+    hinge    max(0, 1 - beta h)                                       (SLiC)
+    ipo      (h - 1 / (2 beta))^2                                      (IPO; feed it length-averaged
+                                                                        log-probs, as TRL does)
+
+Intermediate DPO combines the final layer (row 0) with K selected intermediate layers (rows 1..K):
+
+    L = gamma * L(final) + (1 - gamma) * mean_k L(layer k)
+
+each ``L(.)`` being the batch mean of the per-pair loss. ``gamma = 1`` or ``K = 0`` is plain DPO.
+
+Default ``gamma = 0.5``: the final and the intermediate terms weigh the same. The paper (Kojima,
+2024) combines them as a weighted sum; its exact weight is not restated here, so the default is the
+neutral choice and the weight is a first-class option (the layer sweep varies it).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo")
+
+
+def preference_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Per-pair preference loss from policy-vs-reference log-ratios (any shape, elementwise)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r} is unknown; choose one of {LOSS_TYPES}.")
+    if beta <= 0:
+        raise ValueError(f"beta={beta} must be > 0.")
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 0.5).")
+    if label_smoothing and loss_type not in ("sigmoid", "robust"):
+        raise ValueError(f"label_smoothing applies to loss_type 'sigmoid' or 'robust', not {loss_type!r}; set it to 0.")
+    margin = chosen_logratios - rejected_logratios
+    if loss_type == "sigmoid":
+        return -(1 - label_smoothing) * F.logsigmoid(beta * margin) - label_smoothing * F.logsigmoid(-beta * margin)
+    if loss_type == "robust":
+        return (-(1 - label_smoothing) * F.logsigmoid(beta * margin) + label_smoothing * F.logsigmoid(-beta * margin)) / (
+            1 - 2 * label_smoothing
+        )
+    if loss_type == "hinge":
+        return torch.relu(1 - beta * margin)
+    return (margin - 1 / (2 * beta)) ** 2  # ipo
+
+
+def intermediate_dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    gamma: float = 0.5,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Intermediate DPO loss and per-layer metrics.
+
+    Args:
+        policy_chosen, policy_rejected, ref_chosen, ref_rejected: ``[1 + K, B]`` sequence log-probs;
+            row 0 is the final layer, rows 1..K the selected intermediate layers.
+        beta: DPO temperature (the KL strength).
+        gamma: weight of the final layer's loss; ``1 - gamma`` goes to the mean intermediate loss.
+        loss_type: ``"sigmoid"`` (DPO), ``"robust"``, ``"hinge"`` or ``"ipo"``.
+        label_smoothing: assumed label-noise rate for ``sigmoid`` (cDPO) and ``robust``.
+
+    Returns:
+        ``(loss, metrics)``: the scalar loss, and a dict of ``[1 + K]`` tensors (detached), one entry per
+        layer row: ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
+        ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected`` (TRL's meanings, batch means).
+    """
+    shapes = {t.shape for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)}
+    if len(shapes) != 1:
+        raise ValueError(f"intermediate_dpo_loss: all four inputs must have one shape [1 + K, B], got {sorted(map(tuple, shapes))}.")
+    if policy_chosen.dim() != 2 or policy_chosen.shape[0] < 1:
+        raise ValueError(f"intermediate_dpo_loss: inputs must be [1 + K, B], got {tuple(policy_chosen.shape)}.")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma={gamma} must be in [0, 1] (1 is plain DPO).")
+
+    chosen_logratios = policy_chosen - ref_chosen  # [1+K, B]
+    rejected_logratios = policy_rejected - ref_rejected  # [1+K, B]
+    per_pair = preference_loss(chosen_logratios, rejected_logratios, beta=beta, loss_type=loss_type,
+                               label_smoothing=label_smoothing)  # [1+K, B]
+    per_layer = per_pair.mean(dim=1)  # [1+K]
+    num_intermediate = per_layer.shape[0] - 1
+    if num_intermediate == 0 or gamma == 1.0:
+        loss = per_layer[0]
+    else:
+        loss = gamma * per_layer[0] + (1 - gamma) * per_layer[1:].mean()
+
+    with torch.no_grad():
+        chosen_rewards = beta * chosen_logratios.detach()
+        rejected_rewards = beta * rejected_logratios.detach()
+        metrics = {
+            "loss": per_layer.detach(),
+            "rewards/chosen": chosen_rewards.mean(1),
+            "rewards/rejected": rejected_rewards.mean(1),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean(1),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(1),
+            "logps/chosen": policy_chosen.detach().mean(1),
+            "logps/rejected": policy_rejected.detach().mean(1),
+        }
+    return loss, metrics

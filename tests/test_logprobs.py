@@ -1,0 +1,117 @@
+"""sequence_logprobs against an independent computation from the CausalLM's own forward."""
+
+import pytest
+import torch
+
+from lit_idpo.logprobs import find_head_path, resolve_layers, sequence_logprobs
+from lit_idpo.models import load_model
+
+
+def _batch(vocab, generator, lengths=(9, 6, 11), prompt_lengths=(4, 2, 5), left=False):
+    """Random token rows with padding; the completion is everything after the prompt."""
+    T = max(lengths)
+    B = len(lengths)
+    input_ids = torch.full((B, T), 0, dtype=torch.long)
+    attention_mask = torch.zeros(B, T, dtype=torch.long)
+    completion_mask = torch.zeros(B, T, dtype=torch.long)
+    for b, (n, p) in enumerate(zip(lengths, prompt_lengths)):
+        start = T - n if left else 0
+        input_ids[b, start:start + n] = torch.randint(1, vocab, (n,), generator=generator)
+        attention_mask[b, start:start + n] = 1
+        completion_mask[b, start + p:start + n] = 1
+    return input_ids, attention_mask, completion_mask
+
+
+def _reference(model, input_ids, attention_mask, completion_mask, layers):
+    """float64 truth: full logits per layer from the CausalLM forward (right-padded input only)."""
+    model64 = model.double()
+    with torch.no_grad():
+        out = model64(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        path = find_head_path(model64)
+        result = []
+        for layer in resolve_layers(layers, path.num_layers):
+            if layer == path.num_layers:
+                logits = out.logits  # the model's own output path
+            else:
+                logits = path.lm_head(path.final_norm(out.hidden_states[layer]))
+            logp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+            result.append((logp * completion_mask[:, 1:]).sum(-1))
+    model.float()
+    return torch.stack(result)
+
+
+@pytest.mark.parametrize("source", ["tiny-llama", "tiny-gpt2", "tiny-qwen2"])
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_matches_full_forward(source, backend):
+    model = load_model(source, seed=1).eval()
+    g = torch.Generator().manual_seed(0)
+    ids, attn, comp = _batch(model.config.vocab_size, g)
+    layers = [-1, 1, 3, -2, 4]
+    got = sequence_logprobs(model.double(), ids, attn, comp, layers, backend=backend)
+    want = _reference(model, ids, attn, comp, layers)
+    assert got.shape == (len(layers), 3)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    # -1 and 4 are both the final layer of a 4-block model.
+    torch.testing.assert_close(got[0], got[4])
+
+
+@pytest.mark.parametrize("source", ["tiny-llama", "tiny-gpt2"])
+def test_left_padding_equals_right_padding(source):
+    model = load_model(source, seed=2).eval()
+    g = torch.Generator().manual_seed(3)
+    right = _batch(model.config.vocab_size, g)
+    ids_r, attn_r, comp_r = right
+    # Same rows, moved to the right end.
+    ids_l, attn_l, comp_l = (torch.zeros_like(t) for t in right)
+    for b in range(ids_r.shape[0]):
+        n = int(attn_r[b].sum())
+        for src, dst in ((ids_r, ids_l), (attn_r, attn_l), (comp_r, comp_l)):
+            dst[b, -n:] = src[b, :n]
+    layers = [2, -1]
+    a = sequence_logprobs(model, ids_r, attn_r, comp_r, layers)
+    b = sequence_logprobs(model, ids_l, attn_l, comp_l, layers)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_flow_to_intermediate_layers_only_below_them():
+    model = load_model("tiny-llama", seed=0)
+    g = torch.Generator().manual_seed(0)
+    ids, attn, comp = _batch(model.config.vocab_size, g)
+    out = sequence_logprobs(model, ids, attn, comp, [1])
+    out.sum().backward()
+    blocks = model.model.layers
+    assert blocks[0].mlp.down_proj.weight.grad is not None and blocks[0].mlp.down_proj.weight.grad.abs().sum() > 0
+    # Blocks after layer 1 do not influence layer 1's output.
+    assert blocks[3].mlp.down_proj.weight.grad is None or blocks[3].mlp.down_proj.weight.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("layers, match", [([0], "out of range"), ([5], "out of range"), ([-5], "out of range"), ([], "empty")])
+def test_bad_layers(layers, match):
+    model = load_model("tiny-llama")
+    g = torch.Generator().manual_seed(0)
+    ids, attn, comp = _batch(model.config.vocab_size, g)
+    with pytest.raises(ValueError, match=match):
+        sequence_logprobs(model, ids, attn, comp, layers)
+
+
+def test_bad_masks():
+    model = load_model("tiny-llama")
+    g = torch.Generator().manual_seed(0)
+    ids, attn, comp = _batch(model.config.vocab_size, g)
+    bad = comp.clone()
+    bad[:, 0] = 1
+    with pytest.raises(ValueError, match="position 0"):
+        sequence_logprobs(model, ids, attn, bad, [-1])
+    bad = comp.clone()
+    bad[1, -1] = 1  # row 1 is padded at the end
+    with pytest.raises(ValueError, match="padding"):
+        sequence_logprobs(model, ids, attn, bad, [-1])
+    with pytest.raises(ValueError, match="shape"):
+        sequence_logprobs(model, ids, attn[:, :-1], comp, [-1])
+
+
+def test_logit_softcapping_is_refused():
+    model = load_model("tiny-llama")
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="LlamaForCausalLM.*final_logit_softcapping"):
+        find_head_path(model)

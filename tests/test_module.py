@@ -1,0 +1,180 @@
+"""The LightningModule and the CLI on tiny models."""
+
+import glob
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lit_idpo.cli import IntermediateDPOCLI, main
+from lit_idpo.data import PreferenceDataModule
+from lit_idpo.logprobs import sequence_logprobs
+from lit_idpo.losses import preference_loss
+from lit_idpo.module import IntermediateDPO, LoraOptions, default_intermediate_layer
+
+CONFIGS = sorted(glob.glob(str(Path(__file__).resolve().parents[1] / "configs" / "*.yaml")))
+
+
+def _batch(vocab=1000, pairs=2, length=10, prompt=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (2 * pairs, length), generator=g)
+    attention = torch.ones_like(ids)
+    completion = torch.zeros_like(ids)
+    completion[:, prompt:] = 1
+    return dict(input_ids=ids, attention_mask=attention, completion_mask=completion, pair_index=torch.arange(pairs))
+
+
+def test_loss_is_intermediate_dpo_of_the_two_models():
+    module = IntermediateDPO(model="tiny-llama", layers=[1, 3], beta=0.2, gamma=0.25, seed=3)
+    # Make the policy differ from the reference so the loss is not log 2.
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = _batch()
+    loss, metrics = module.compute_loss(batch)
+    args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"], [4, 1, 3])
+    pol = sequence_logprobs(module.policy, *args, backend="naive")
+    ref = sequence_logprobs(module.reference, *args, backend="naive")
+    per_layer = preference_loss(pol[:, :2] - ref[:, :2], pol[:, 2:] - ref[:, 2:], beta=0.2).mean(1)
+    expected = 0.25 * per_layer[0] + 0.75 * per_layer[1:].mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert module.layer_names == ["final", "layer1", "layer3"]
+
+
+def test_dropout_is_off_and_reference_frozen():
+    module = IntermediateDPO(model="tiny-gpt2", layers=[2])
+    module.train()
+    batch = _batch()
+    a, _ = module.compute_loss(batch)
+    b, _ = module.compute_loss(batch)
+    assert a.item() == b.item()  # no dropout noise in train mode
+    assert not any(p.requires_grad for p in module.reference.parameters())
+    # A fresh policy equals its reference: every layer's loss is exactly log 2.
+    assert a.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_default_layer_is_the_papers_relative_depth():
+    assert default_intermediate_layer(32) == 22
+    assert default_intermediate_layer(30) == 21
+    module = IntermediateDPO(model="tiny-llama")
+    assert module.layer_ids == [4, 3]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(layers=[4]), "final layer"),
+    (dict(layers=[2, 2]), "twice"),
+    (dict(layers=[9]), "out of range"),
+    (dict(loss_type="bad"), "loss_type"),
+    (dict(gamma=2.0), "gamma"),
+    (dict(on_nonfinite_loss="ignore"), "on_nonfinite_loss"),
+])
+def test_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        IntermediateDPO(model="tiny-llama", **kwargs)
+
+
+def test_nonfinite_loss_stops_with_step_and_batch():
+    module = IntermediateDPO(model="tiny-llama", layers=[2])
+    with torch.no_grad():
+        module.policy.model.norm.weight.fill_(float("nan"))
+    module.log = lambda *a, **k: None  # no trainer attached
+    with pytest.raises(FloatingPointError, match="global step 0, batch 7"):
+        module.training_step(_batch(), 7)
+    module.hparams.on_nonfinite_loss = "skip"
+    assert module.training_step(_batch(), 7) is None
+
+
+def test_overfit_raises_reward_accuracy():
+    """A few steps on the same pairs make the policy prefer the chosen completions at every layer."""
+    module = IntermediateDPO(model="tiny-llama", layers=[2], beta=0.1, seed=0)
+    optimizer = torch.optim.AdamW(module.policy.parameters(), lr=3e-3)
+    batch = _batch(pairs=4, seed=5)
+    _, before = module.compute_loss(batch)
+    for _ in range(12):
+        loss, _ = module.compute_loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    _, after = module.compute_loss(batch)
+    assert before["rewards/accuracies"].tolist() == [0.0, 0.0]  # policy == reference: no strict wins
+    assert after["rewards/accuracies"].tolist() == [1.0, 1.0]
+    assert (after["rewards/margins"] > 0.1).all()
+    assert (after["loss"] < before["loss"]).all()
+
+
+def test_lora_reference_is_the_adapter_free_policy():
+    pytest.importorskip("peft")
+    module = IntermediateDPO(model="tiny-llama", layers=[2], lora=LoraOptions(rank=4, alpha=8, dropout=0.0))
+    assert module.reference is None
+    trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    # Perturb the adapters: the reference must still be the untouched base model.
+    with torch.no_grad():
+        for n, p in module.policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    base = IntermediateDPO(model="tiny-llama", layers=[2], reference_model=None).reference
+    batch = _batch()
+    args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"], [4, 2])
+    with torch.no_grad(), module.policy.disable_adapter():
+        ref_lora = sequence_logprobs(module.policy, *args)
+    ref_base = sequence_logprobs(base, *args)
+    torch.testing.assert_close(ref_lora, ref_base, rtol=1e-5, atol=1e-5)
+    pol = sequence_logprobs(module.policy, *args)
+    assert not torch.allclose(pol, ref_base)
+
+
+class _ParseOnlyCLI(IntermediateDPOCLI):
+    """The real CLI parser (trainer, model, data, links), without loading any model or data."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[os.path.basename(c) for c in CONFIGS])
+def test_every_config_parses(config):
+    text = yaml.safe_load(Path(config).read_text())
+    cli = _ParseOnlyCLI(IntermediateDPO, PreferenceDataModule, run=False, args=["--config", config])
+    assert cli.config.model.model == text["model"]["model"]
+    assert cli.config.data.tokenizer == text["model"]["model"]  # linked
+    for key, value in text["data"].items():
+        assert cli.config.data[key] == value
+
+
+def test_bad_config_value_is_refused(tmp_path):
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    with pytest.raises(SystemExit):
+        _ParseOnlyCLI(IntermediateDPO, PreferenceDataModule, run=False,
+                      args=["--config", str(config), "--model.beta", "not-a-number"])
+
+
+def test_cli_fit_tiny_writes_a_loadable_model(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    out = tmp_path / "hf"
+    main(["fit", "--config", str(config), "--model.hf_output_dir", str(out), "--trainer.max_steps", "2",
+          "--trainer.val_check_interval", "2"])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 4
+    ids = tokenizer("What is 2 + 2?", return_tensors="pt")
+    generated = model.generate(**ids, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == ids["input_ids"].shape[1] + 3
+    metrics = (tmp_path / "runs" / "tiny").rglob("metrics.csv")
+    text = next(metrics).read_text()
+    assert "val/layer2/rewards/accuracies" in text and "train/loss_total" in text
+
+
+def test_checkpoint_leaves_out_the_reference_and_resumes(tmp_path):
+    module = IntermediateDPO(model="tiny-llama", layers=[2])
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert not any(k.startswith("reference.") for k in checkpoint["state_dict"])
+    restored = IntermediateDPO(model="tiny-llama", layers=[2])
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"], strict=True)
