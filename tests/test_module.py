@@ -178,3 +178,23 @@ def test_checkpoint_leaves_out_the_reference_and_resumes(tmp_path):
     restored = IntermediateDPO(model="tiny-llama", layers=[2])
     restored.on_load_checkpoint(checkpoint)
     restored.load_state_dict(checkpoint["state_dict"], strict=True)
+
+
+def test_quickstart_config_runs_on_the_embedded_model(tmp_path, monkeypatch):
+    """The README's main command, shortened to two steps: the real SmolLM2-135M-Instruct learns."""
+    pytest.importorskip("gguf")
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    out = tmp_path / "hf"
+    main(["fit", "--config", str(config), "--trainer.limit_train_batches", "2", "--data.limit_val_pairs", "8",
+          "--data.batch_size", "4", "--model.hf_output_dir", str(out)])
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 30
+    metrics = next((tmp_path / "runs" / "quickstart").rglob("metrics.csv")).read_text().splitlines()
+    header = metrics[0].split(",")
+    last = metrics[-1].split(",")
+    # Two steps already move the held-out pairs' DPO loss below log 2 (where policy == reference).
+    assert float(last[header.index("val/loss")]) < math.log(2) - 0.005
+    assert 0.0 <= float(last[header.index("val/rewards/accuracies")]) <= 1.0
