@@ -1,0 +1,339 @@
+"""Tests of the linear_logprobs front-end and its ``naive`` and ``torch`` (chunked CPU) backends.
+
+Every value and gradient is checked against a float64 truth computed here, independently of the code
+under test: logits, an explicit max-shifted logsumexp, and the analytic gradients
+    dL/dh_r = g_r * (W[t_r] - softmax_r @ W),    dL/dW = (onehot - softmax).T @ (g * h).
+Low-precision results follow Cut Cross-Entropy's rule: no worse than eager PyTorch in the same dtype,
+against the same float64 truth, plus a small tolerance. The Triton backend is tested in
+tests/test_kernels_triton.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
+from lit_idpo.kernels import torch_chunked
+
+BACKENDS = ["naive", "torch"]
+FROZEN = ["none", "weight", "hidden"]  # which input does NOT require grad
+
+
+# ----------------------------------------------------------------------------------------------- truth
+def truth(hidden, weight, targets, grad_out, ignore_index=-100):
+    """float64 log-probs and analytic gradients; ignored rows give 0 and no gradient."""
+    h = hidden.detach().double().reshape(-1, hidden.shape[-1])  # [N, d]
+    w = weight.detach().double()  # [V, d]
+    t = targets.reshape(-1)  # [N]
+    g = grad_out.detach().double().reshape(-1)  # [N]
+    keep = t != ignore_index
+    t_safe = torch.where(keep, t, torch.zeros_like(t))
+    logits = h @ w.T  # [N, V]
+    m = logits.max(dim=1, keepdim=True).values
+    lse = m.squeeze(1) + (logits - m).exp().sum(dim=1).log()  # [N]
+    logp = torch.where(keep, logits[torch.arange(len(t)), t_safe] - lse, torch.zeros_like(lse))
+    p = (logits - lse[:, None]).exp()  # [N, V]
+    dlogits = (torch.nn.functional.one_hot(t_safe, w.shape[0]).double() - p) * (g * keep)[:, None]  # [N, V]
+    grad_h = (dlogits @ w).reshape(hidden.shape)
+    grad_w = dlogits.T @ h
+    return logp.reshape(targets.shape), grad_h, grad_w
+
+
+def make_inputs(lead, d, vocab, dtype=torch.float64, seed=0, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(*lead, d, generator=gen, dtype=torch.float64) * scale
+    weight = torch.randn(vocab, d, generator=gen, dtype=torch.float64) / max(d, 1) ** 0.5
+    targets = torch.randint(0, vocab, tuple(lead), generator=gen)
+    grad_out = torch.randn(*lead, generator=gen, dtype=torch.float64)
+    return hidden.to(dtype), weight.to(dtype), targets, grad_out
+
+
+def run(hidden, weight, targets, grad_out, frozen="none", **opts):
+    """Fresh leaves; returns (logprobs, grad_hidden, grad_weight) of one forward+backward."""
+    h = hidden.detach().clone().requires_grad_(frozen != "hidden")
+    w = weight.detach().clone().requires_grad_(frozen != "weight")
+    out = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(**opts))
+    out.backward(grad_out.to(out.dtype))
+    return out, h.grad, w.grad
+
+
+def max_err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+# ------------------------------------------------------------------------------ values and gradients
+SHAPES = [
+    # (leading shape, d, V, chunk_rows): odd on purpose
+    ((1,), 3, 7, None),  # one row
+    ((5,), 1, 11, 2),  # one feature; N not a multiple of chunk_rows
+    ((13,), 4, 37, 4),  # V not a multiple of anything, last chunk of 1 row
+    ((2, 3), 6, 50, 4),  # batch dims [B, T, d]
+    ((2, 5, 3), 8, 129, 7),  # three leading dims
+    ((40,), 16, 300, None),  # default chunking
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("frozen", FROZEN)
+@pytest.mark.parametrize("lead,d,vocab,chunk_rows", SHAPES)
+def test_matches_float64_truth(backend, frozen, lead, d, vocab, chunk_rows):
+    hidden, weight, targets, grad_out = make_inputs(lead, d, vocab)
+    out, gh, gw = run(hidden, weight, targets, grad_out, frozen, backend=backend, chunk_rows=chunk_rows)
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    assert out.dtype == torch.float64 and out.shape == targets.shape
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    if frozen == "hidden":
+        assert gh is None
+    else:
+        assert gh.shape == hidden.shape
+        torch.testing.assert_close(gh, ref_gh, rtol=1e-10, atol=1e-10)
+    if frozen == "weight":
+        assert gw is None
+    else:
+        torch.testing.assert_close(gw, ref_gw, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("frozen", FROZEN)
+def test_float32_close_to_truth(backend, frozen):
+    hidden, weight, targets, grad_out = make_inputs((3, 7), 12, 203, dtype=torch.float32)
+    out, gh, gw = run(hidden, weight, targets, grad_out, frozen, backend=backend, chunk_rows=5)
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    if gh is not None:
+        assert gh.dtype == torch.float32
+        torch.testing.assert_close(gh.double(), ref_gh, rtol=1e-4, atol=1e-5)
+    if gw is not None:
+        assert gw.dtype == torch.float32
+        torch.testing.assert_close(gw.double(), ref_gw, rtol=1e-4, atol=1e-5)
+
+
+def test_default_chunking_with_many_rows():
+    # N above the largest default chunk, so the default splits into several chunks.
+    hidden, weight, targets, grad_out = make_inputs((1100,), 3, 40)
+    assert torch_chunked.default_chunk_rows(1100, 40) < 1100
+    out, gh, gw = run(hidden, weight, targets, grad_out, backend="torch")
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-10, atol=1e-10)
+
+
+def test_default_chunk_rows_heuristic():
+    assert torch_chunked.default_chunk_rows(1, 49152) == 1  # never more rows than there are
+    rows = torch_chunked.default_chunk_rows(10**6, 49152)
+    assert rows % 64 == 0 and 128 <= rows <= 1024
+    assert torch_chunked.default_chunk_rows(10**6, 128256) < rows  # larger vocab, fewer rows
+    assert torch_chunked.default_chunk_rows(10**6, 49152, torch.float64) < rows  # wider dtype, fewer rows
+    assert torch_chunked.default_chunk_rows(10**6, 10**7) == 128  # floor: matmuls get inefficient below
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_logits_stay_finite(backend):
+    # Logits in the thousands: exp would overflow without the max shift.
+    hidden, weight, targets, grad_out = make_inputs((9,), 4, 33, scale=3000.0)
+    out, gh, gw = run(hidden, weight, targets, grad_out, backend=backend, chunk_rows=4)
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    assert torch.isfinite(out).all() and torch.isfinite(gh).all() and torch.isfinite(gw).all()
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-7)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_grad_forward(backend):
+    hidden, weight, targets, _ = make_inputs((6,), 5, 21, dtype=torch.float32)
+    with torch.no_grad():
+        out = linear_logprobs(hidden.requires_grad_(), weight.requires_grad_(), targets, backend=backend)
+    assert out.grad_fn is None and out.dtype == torch.float32
+    ref = truth(hidden, weight, targets, torch.zeros(6))[0]
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", FROZEN)
+def test_backward_twice_with_retain_graph(frozen):
+    hidden, weight, targets, grad_out = make_inputs((7,), 4, 19)
+    h = hidden.clone().requires_grad_(frozen != "hidden")
+    w = weight.clone().requires_grad_(frozen != "weight")
+    out = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(backend="torch", chunk_rows=3))
+    out.backward(grad_out, retain_graph=True)
+    out.backward(grad_out)
+    _, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    if h.grad is not None:
+        torch.testing.assert_close(h.grad, 2 * ref_gh, rtol=1e-10, atol=1e-10)
+    if w.grad is not None:
+        torch.testing.assert_close(w.grad, 2 * ref_gw, rtol=1e-10, atol=1e-10)
+
+
+def test_non_contiguous_inputs_and_int32_targets():
+    hidden, weight, targets, grad_out = make_inputs((6,), 5, 23)
+    h = hidden.T.contiguous().T.requires_grad_()  # column-major [N, d]
+    w = weight.T.contiguous().T.requires_grad_()  # column-major [V, d]
+    assert not h.is_contiguous() and not w.is_contiguous()
+    out = linear_logprobs(h, w, targets.int(), options=LinearLogprobsOptions(backend="torch", chunk_rows=4))
+    out.backward(grad_out)
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h.grad, ref_gh, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(w.grad, ref_gw, rtol=1e-10, atol=1e-10)
+
+
+def test_mixed_dtypes_promote():
+    # bf16 activations against an fp32 master weight: computed in fp32, gradients in each input's dtype.
+    hidden, weight, targets, grad_out = make_inputs((5,), 8, 30)
+    h = hidden.to(torch.bfloat16).requires_grad_()
+    w = weight.float().requires_grad_()
+    out = linear_logprobs(h, w, targets, backend="torch")
+    out.backward(grad_out.float())
+    assert out.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    ref = truth(h.detach(), weight, targets, grad_out)[0]
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ gradcheck
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("frozen", FROZEN)
+def test_gradcheck_float64(backend, frozen):
+    hidden, weight, targets, _ = make_inputs((5,), 3, 7)
+    h = hidden.requires_grad_(frozen != "hidden")
+    w = weight.requires_grad_(frozen != "weight")
+    opts = LinearLogprobsOptions(backend=backend, chunk_rows=2)
+    assert torch.autograd.gradcheck(lambda a, b: linear_logprobs(a, b, targets, options=opts), (h, w))
+
+
+# ------------------------------------------------------------------------------- low precision (CCE)
+def eager(hidden, weight, targets, grad_out, frozen):
+    """Plain PyTorch in the inputs' dtype (matmul in that dtype, log_softmax in float32)."""
+    h = hidden.detach().clone().requires_grad_(frozen != "hidden")
+    w = weight.detach().clone().requires_grad_(frozen != "weight")
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    logits = (h @ w.T).to(acc)  # [N, V]
+    out = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    out.backward(grad_out.to(acc))
+    return out, h.grad, w.grad
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-3), (torch.float16, 2e-3)])
+@pytest.mark.parametrize("frozen", FROZEN)
+@pytest.mark.parametrize("peaked", [False, True])
+def test_low_precision_no_worse_than_eager(dtype, tol, frozen, peaked):
+    # peaked=True: softmax close to one-hot on the target, where W_t - p @ W cancels; forming
+    # (p - onehot) before any rounding keeps the hidden gradient as accurate as eager's.
+    hidden, weight, targets, grad_out = make_inputs((96,), 48, 1000, dtype=torch.float64, seed=1)
+    if peaked:
+        targets = (hidden @ weight.T).argmax(dim=1)
+        hidden = hidden * 8.0
+    hidden, weight = hidden.to(dtype), weight.to(dtype)
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ours = run(hidden, weight, targets, grad_out, frozen, backend="torch", chunk_rows=32)
+    base = eager(hidden, weight, targets, grad_out, frozen)
+    for got, exp, want in zip(ours, base, (ref, ref_gh, ref_gw)):
+        if want is None or exp is None:
+            continue
+        scale = want.abs().max().item()
+        assert got.dtype == exp.dtype
+        assert max_err(got, want) <= max_err(exp, want) + tol * scale, (max_err(got, want), max_err(exp, want))
+
+
+# ---------------------------------------------------------------------------------------- ignore_index
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+def test_ignored_rows_are_zero_with_zero_grad(backend, ignore_index):
+    hidden, weight, targets, grad_out = make_inputs((4, 5), 6, 17)
+    targets[0, 1] = targets[2, :] = targets[3, 4] = ignore_index
+    opts = dict(backend=backend, chunk_rows=3, ignore_index=ignore_index)
+    out, gh, gw = run(hidden, weight, targets, grad_out, **opts)
+    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out, ignore_index=ignore_index)
+    ignored = targets == ignore_index
+    assert (out[ignored] == 0).all() and (gh[ignored] == 0).all()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gw, ref_gw, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_rows_ignored(backend):
+    hidden, weight, _, grad_out = make_inputs((2, 3), 4, 9, dtype=torch.float32)
+    targets = torch.full((2, 3), -100)
+    out, gh, gw = run(hidden, weight, targets, grad_out, backend=backend)
+    assert out.shape == (2, 3) and out.dtype == torch.float32 and (out == 0).all()
+    assert gh is not None and (gh == 0).all() and gw is not None and (gw == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_input(backend):
+    hidden = torch.randn(2, 0, 4, requires_grad=True)
+    weight = torch.randn(9, 4, requires_grad=True)
+    out = linear_logprobs(hidden, weight, torch.zeros(2, 0, dtype=torch.long), backend=backend)
+    assert out.shape == (2, 0) and out.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------------------- dispatch
+def test_auto_is_torch_on_cpu(monkeypatch):
+    hidden, weight, targets, grad_out = make_inputs((11,), 5, 40, dtype=torch.float32)
+    auto = run(hidden, weight, targets, grad_out, backend="auto", chunk_rows=4)
+    explicit = run(hidden, weight, targets, grad_out, backend="torch", chunk_rows=4)
+    for a, b in zip(auto, explicit):
+        assert torch.equal(a, b)
+    calls = []
+    original = torch_chunked.torch_linear_logprobs
+    monkeypatch.setattr(torch_chunked, "torch_linear_logprobs", lambda *a: calls.append(1) or original(*a))
+    linear_logprobs(hidden, weight, targets)  # all defaults
+    assert calls == [1]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _args(**over):
+    hidden, weight, targets, _ = make_inputs((2, 3), 4, 10, dtype=torch.float32)
+    args = dict(hidden=hidden, weight=weight, targets=targets)
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_target_out_of_range_names_the_row(backend):
+    targets = torch.tensor([[1, 2, 3], [4, 10, 5]])
+    with pytest.raises(ValueError, match=r"V=10\).*flat row 4 has target 10"):
+        linear_logprobs(**_args(targets=targets), backend=backend)
+    targets = torch.tensor([[1, -1, 3], [4, 0, 5]])  # negative, and not ignore_index
+    with pytest.raises(ValueError, match=r"flat row 1 has target -1"):
+        linear_logprobs(**_args(targets=targets), backend=backend)
+
+
+@pytest.mark.parametrize(
+    "over,match",
+    [
+        (dict(hidden=torch.randn(2, 3, 5)), r"hidden's last dimension \(\(2, 3, 5\)\) must equal weight's hidden size d=4"),
+        (dict(targets=torch.zeros(3, 2, dtype=torch.long)), r"targets shape \(3, 2\) must equal hidden's leading shape \(2, 3\)"),
+        (dict(weight=torch.randn(10, 4, 1)), r"weight must be \[V, d\].*got shape \(10, 4, 1\)"),
+        (dict(weight=torch.randn(10)), r"weight must be \[V, d\]"),
+        (dict(hidden=torch.ones(2, 3, 4, dtype=torch.long)), r"hidden must be a floating-point tensor, got dtype torch.int64"),
+        (dict(weight=torch.ones(10, 4, dtype=torch.int32)), r"weight must be a floating-point tensor"),
+        (dict(targets=torch.zeros(2, 3)), r"targets must be an integer tensor \(int64\), got dtype torch.float32"),
+        (dict(targets=[[0, 1, 2], [3, 4, 5]]), r"must all be torch.Tensor"),
+        (dict(hidden=torch.randn(2, 3, 4, device="meta")), r"must be on one device, got meta, cpu, cpu"),
+        (dict(weight=torch.randn(10, 4, device="meta")), r"must be on one device, got cpu, meta, cpu"),
+    ],
+)
+def test_bad_input_raises(over, match):
+    with pytest.raises(ValueError, match=match):
+        linear_logprobs(**_args(**over))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match=r"unknown backend='cuda'; choose one of \('auto', 'naive', 'torch', 'triton'\)"):
+        linear_logprobs(**_args(), backend="cuda")
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -3, 2.5])
+def test_bad_chunk_rows(chunk_rows):
+    with pytest.raises(ValueError, match=r"options.chunk_rows must be a positive int or None"):
+        linear_logprobs(**_args(), options=LinearLogprobsOptions(backend="torch", chunk_rows=chunk_rows))
+
+
+def test_triton_on_cpu_needs_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"needs the Triton interpreter; set TRITON_INTERPRET=1"):
+        linear_logprobs(**_args(), backend="triton")
