@@ -4,11 +4,14 @@
     lit-idpo validate --config configs/tiny.yaml
     lit-idpo fit --help            # every option with its docstring
     lit-idpo fit --config configs/quickstart.yaml --print_config
+    lit-idpo evaluate --help       # pairwise win rates with judges (lit_idpo/evaluate.py)
+    lit-idpo sweep --help          # train and evaluate a list of settings (lit_idpo/sweep.py)
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,6 +45,19 @@ class IntermediateDPOCLI(LightningCLI):
 
 
 def main(args=None) -> None:
+    # `evaluate` and `sweep` are lit-idpo's own subcommands (LightningCLI's are fixed: fit, validate,
+    # test, predict), so route them to their parsers before LightningCLI reads the arguments.
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv and argv[0] == "evaluate":
+        from lit_idpo.evaluate import main as evaluate_main
+
+        evaluate_main(argv[1:])
+        return
+    if argv and argv[0] == "sweep":
+        from lit_idpo.sweep import main as sweep_main
+
+        sweep_main(argv[1:])
+        return
     IntermediateDPOCLI(
         IntermediateDPO,
         PreferenceDataModule,
