@@ -9,6 +9,13 @@ applied to intermediate entries only, never twice to the last.
 The CausalLM forward would build ``[B, T, V]`` logits for every position; we run the backbone alone,
 keep only the rows that predict a completion token (prompt and padding rows never reach the head),
 and push the rows of every selected layer through ONE :func:`linear_logprobs` call.
+
+Sharded parameters (FSDP): the kernel reads the LM-head weight as a tensor, outside any module call.
+FSDP only guarantees full (unsharded) parameters inside the forward of the module that owns them, so
+the whole computation runs as the forward of the causal LM, and the head call as the forward of the
+LM-head module (:func:`call_as_forward`). FSDP2 (``fully_shard``) gathers the parameters in its forward
+hooks and FSDP1 in its wrapper's forward, and both register their backward re-gathering on the outputs
+exactly as for an ordinary forward. Without FSDP these are two plain module calls.
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ def find_head_path(model: nn.Module) -> HeadPath:
             f"{type(backbone).__name__}); this architecture is not supported."
         )
     lm_head = model.get_output_embeddings()
+    if hasattr(lm_head, "base_layer"):
+        raise ValueError(f"sequence_logprobs: the LM head of {name} carries peft adapters; the fused head reads its base "
+                         f"weight only, so the adapters would be ignored. Leave lm_head out of the LoRA target modules.")
     if lm_head is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor) or lm_head.weight.dim() != 2:
         raise ValueError(f"sequence_logprobs: cannot find the LM head (output embeddings) of {name}.")
     if getattr(lm_head, "bias", None) is not None:
@@ -96,6 +106,47 @@ def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
             )
         resolved.append(absolute)
     return resolved
+
+
+_NO_FORWARD = object()
+
+
+def call_as_forward(module: nn.Module, fn, *args):
+    """Run ``fn(*args)`` as the forward of ``module`` (through ``module.__call__``), so that whatever a
+    wrapper does around that module's forward happens around ``fn``: FSDP2 unshards the module's
+    parameters in its forward hooks, an FSDP1 wrapper in its own forward. ``fn`` must read parameters
+    from the module while it runs (they are swapped for full tensors only then).
+
+    The instance's ``forward`` is replaced for the call and restored afterwards (including a ``forward``
+    another library had set on the instance); Lightning redirects ``training_step`` the same way.
+    """
+    inner = getattr(module, "_fsdp_wrapped_module", module)  # FSDP1: its own forward unshards, then calls inner
+    saved = inner.__dict__.get("forward", _NO_FORWARD)
+    inner.forward = fn
+    try:
+        return module(*args)
+    finally:
+        if saved is _NO_FORWARD:
+            del inner.forward
+        else:
+            inner.forward = saved
+
+
+def _head_module(lm_head: nn.Module) -> nn.Module:
+    return getattr(lm_head, "_fsdp_wrapped_module", lm_head)
+
+
+def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, backend: str) -> torch.Tensor:
+    """linear_logprobs with autocast's semantics for a linear layer: under autocast (Lightning's
+    ``*-mixed`` precision) the head runs on inputs cast to the autocast dtype, i.e. the kernels'
+    low-precision path (bf16/fp16 matmuls, float32 logsumexp), with autocast itself turned off inside so
+    that the kernels alone decide what runs in which precision. Gradients flow back through the casts."""
+    device_type = hidden.device.type
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):
+            return linear_logprobs(hidden.to(dtype), weight.to(dtype), targets, options=LinearLogprobsOptions(backend=backend))
+    return linear_logprobs(hidden, weight, targets, options=LinearLogprobsOptions(backend=backend))
 
 
 def _verify_head_path_once(model: nn.Module, path: HeadPath) -> None:
@@ -157,28 +208,30 @@ def sequence_logprobs(
     layer_ids = resolve_layers(list(layers), path.num_layers)
     _verify_head_path_once(model, path)
 
-    # Positions count real tokens only, so a left-padded row sees the same positions as a right-padded
-    # one (the backbones' default is 0..T-1 regardless of padding).
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-    outputs = path.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            output_hidden_states=True, use_cache=False)
-    hidden_states = outputs.hidden_states  # L+1 x [B, T, d]; the last is already normed
+    def compute() -> torch.Tensor:
+        # Positions count real tokens only, so a left-padded row sees the same positions as a right-padded
+        # one (the backbones' default is 0..T-1 regardless of padding).
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        outputs = path.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                output_hidden_states=True, use_cache=False)
+        hidden_states = outputs.hidden_states  # L+1 x [B, T, d]; the last is already normed
 
-    # Hidden state at t-1 predicts token t: keep the rows that predict a completion token.
-    predicts_completion = completion[:, 1:]  # [B, T-1]
-    batch_index, position = predicts_completion.nonzero(as_tuple=True)  # [n] each
-    targets = input_ids[:, 1:][batch_index, position]  # [n]
+        # Hidden state at t-1 predicts token t: keep the rows that predict a completion token.
+        predicts_completion = completion[:, 1:]  # [B, T-1]
+        batch_index, position = predicts_completion.nonzero(as_tuple=True)  # [n] each
+        targets = input_ids[:, 1:][batch_index, position]  # [n]
 
-    rows = []
-    for layer in layer_ids:
-        h = hidden_states[layer][:, :-1][batch_index, position]  # [n, d]
-        rows.append(h if layer == path.num_layers else path.final_norm(h))
-    stacked = torch.stack(rows)  # [layers, n, d]
-    token_logprobs = linear_logprobs(
-        stacked, path.lm_head.weight, targets.unsqueeze(0).expand(len(layer_ids), -1),
-        options=LinearLogprobsOptions(backend=backend),
-    )  # [layers, n]
+        rows = []
+        for layer in layer_ids:
+            h = hidden_states[layer][:, :-1][batch_index, position]  # [n, d]
+            rows.append(h if layer == path.num_layers else path.final_norm(h))
+        stacked = torch.stack(rows)  # [layers, n, d]
+        layer_targets = targets.unsqueeze(0).expand(len(layer_ids), -1)  # [layers, n]
+        head = _head_module(path.lm_head)
+        token_logprobs = call_as_forward(
+            path.lm_head, lambda: _head_logprobs(stacked, head.weight, layer_targets, backend))  # [layers, n]
 
-    batch_size = input_ids.shape[0]
-    sums = token_logprobs.new_zeros(len(layer_ids), batch_size)  # [layers, B]
-    return sums.index_add(1, batch_index, token_logprobs)
+        sums = token_logprobs.new_zeros(len(layer_ids), input_ids.shape[0])  # [layers, B]
+        return sums.index_add(1, batch_index, token_logprobs)
+
+    return call_as_forward(_unwrap(model), compute)
