@@ -586,6 +586,26 @@ def load_split(source: str, split: str, *, data_files=None, subset: Optional[str
 # --------------------------------------------------------------------------------------------------
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """A random permutation per epoch, drawn from ``seed + epoch``: reproducible across restarts,
+    unlike a generator seeded once per process (which would replay epoch 0's order after a resume)."""
+
+    def __init__(self, num_items: int, seed: int):
+        self.num_items = num_items
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_items, generator=generator).tolist())
+
+
 class PreferenceDataModule(pl.LightningDataModule):
     """Preference pairs (prompt, chosen, rejected), tokenised once and served as DPO batches.
 
@@ -720,11 +740,12 @@ class PreferenceDataModule(pl.LightningDataModule):
             self.val_pairs = self._build("val", self.val_split, self.limit_val_pairs)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (seeded generator: the same order for the same ``seed``)."""
+        """Shuffled training batches: epoch e is shuffled with ``seed + e``, so a resumed run sees the
+        same order as an uninterrupted one (Lightning calls the sampler's ``set_epoch``)."""
         if self.train_pairs is None:
             self.setup("fit")
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_pairs, batch_size=self.batch_size, shuffle=True, generator=generator,
+        sampler = EpochShuffleSampler(len(self.train_pairs), self.seed)
+        return DataLoader(self.train_pairs, batch_size=self.batch_size, sampler=sampler,
                           collate_fn=self.collator, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
