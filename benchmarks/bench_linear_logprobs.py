@@ -16,7 +16,9 @@ Per case: median fwd+bwd time and median forward-only time over ``--repeats`` ru
 with the methods interleaved within each repeat (so load from other processes hits them alike; on a
 shared machine ``--wait-idle S`` also waits up to S seconds for an idle CPU before each run, and the
 CSV records the mean 1-minute load average seen by each method's runs); peak
-extra memory; on CUDA, TFLOP/s next to the measured bf16 matmul peak. The backward pass uses a
+extra memory; on CUDA, TFLOP/s next to the measured bf16 matmul peak. TFLOP/s counts the FLOP floor of
+the case (column ``flops_counted``): 8NVd for fwd+bwd with the weight trained (4 matmuls, recompute),
+4NVd with the weight frozen, 2NVd for the no-grad forward. The backward pass uses a
 random per-row upstream gradient, as DPO gives. Forward-only is timed with the same inputs requiring
 grad as in the case (a training forward); the "none" grad case is the reference model's no-grad pass.
 
