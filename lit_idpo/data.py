@@ -151,13 +151,25 @@ def _messages(row: Dict[str, Any], name: str) -> List[Message]:
     return value
 
 
-def _check_completion(messages: List[Message], name: str) -> None:
+def _check_completion(messages: List[Message], name: str, start: int = 0) -> None:
+    """A completion starts with an assistant message and has some text.
+
+    ``start`` is the index of ``messages[0]`` within the row's field ``name`` (non-zero for the
+    implicit format, whose completion follows the shared prompt), so an error names the real field.
+    """
     if messages[0]["role"] != "assistant":
-        raise BadRowError("bad_roles", f"{name}[0].role",
-                          f"field '{name}[0].role' is {messages[0]['role']!r}; a completion starts with an "
-                          f"'assistant' message")
+        after = " (first message after the shared prompt)" if start else ""
+        raise BadRowError("bad_roles", f"{name}[{start}].role",
+                          f"field '{name}[{start}].role'{after} is {messages[0]['role']!r}; a completion starts "
+                          f"with an 'assistant' message")
     if not any(m["content"].strip() for m in messages):
-        raise BadRowError("empty_completion", name, f"field {name!r} has no text (every message is empty)")
+        raise BadRowError("empty_completion", name, f"the completion in field {name!r} has no text (every message "
+                                                    f"is empty)")
+
+
+def _check_distinct(chosen: Any, rejected: Any) -> None:
+    if chosen == rejected:
+        raise BadRowError("identical_completions", "chosen/rejected", "fields 'chosen' and 'rejected' are identical")
 
 
 def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
@@ -171,8 +183,7 @@ def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
         prompt = _text(row, "prompt", "empty_prompt")
         chosen = _text(row, "chosen", "empty_completion")
         rejected = _text(row, "rejected", "empty_completion")
-        if chosen == rejected:
-            raise BadRowError("identical_completions", "chosen/rejected", "fields 'chosen' and 'rejected' are identical")
+        _check_distinct(chosen, rejected)
         return NormalizedRow("text", prompt, chosen, rejected)
 
     if fmt == "conversational":
@@ -187,15 +198,13 @@ def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
             raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
         _check_completion(chosen, "chosen")
         _check_completion(rejected, "rejected")
-        if chosen == rejected:
-            raise BadRowError("identical_completions", "chosen/rejected", "fields 'chosen' and 'rejected' are identical")
+        _check_distinct(chosen, rejected)
         return NormalizedRow("messages", prompt, chosen, rejected)
 
     if fmt == "implicit":
         chosen = _messages(row, "chosen")
         rejected = _messages(row, "rejected")
-        if chosen == rejected:
-            raise BadRowError("identical_completions", "chosen/rejected", "fields 'chosen' and 'rejected' are identical")
+        _check_distinct(chosen, rejected)
         shared = 0
         while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
             shared += 1
@@ -212,13 +221,8 @@ def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
         if not any(m["content"].strip() for m in prompt):
             raise BadRowError("empty_prompt", "chosen/rejected", "the shared prompt messages have no text")
         completion_c, completion_r = chosen[shared:], rejected[shared:]
-        for name, completion in (("chosen", completion_c), ("rejected", completion_r)):
-            if completion[0]["role"] != "assistant":
-                raise BadRowError("bad_roles", f"{name}[{shared}].role",
-                                  f"field '{name}[{shared}].role' (first message after the shared prompt) is "
-                                  f"{completion[0]['role']!r}; the completion must start with an 'assistant' message")
-            if not any(m["content"].strip() for m in completion):
-                raise BadRowError("empty_completion", name, f"the completion in field {name!r} has no text")
+        _check_completion(completion_c, "chosen", start=shared)
+        _check_completion(completion_r, "rejected", start=shared)
         return NormalizedRow("messages", prompt, completion_c, completion_r)
 
     raise ValueError(f"format={fmt!r} is not a row format; choose one of {FORMATS[1:]}")
