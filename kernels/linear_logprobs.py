@@ -48,10 +48,22 @@ class LinearLogprobsOptions:
     chunk_rows: Optional[int] = None
     validate_targets: bool = True
 
+    def __post_init__(self):
+        # Checked here, once, for every backend: a bad option fails where it is written, not inside
+        # whichever backend happens to read it.
+        if self.backend not in BACKENDS:
+            raise ValueError(f"linear_logprobs: unknown backend={self.backend!r}; choose one of {BACKENDS}.")
+        if self.chunk_rows is not None and (
+            not isinstance(self.chunk_rows, int) or isinstance(self.chunk_rows, bool) or self.chunk_rows < 1
+        ):
+            raise ValueError(
+                f"linear_logprobs: options.chunk_rows must be a positive int or None, got {self.chunk_rows!r}.")
+        if not isinstance(self.ignore_index, int) or isinstance(self.ignore_index, bool):
+            raise ValueError(f"linear_logprobs: options.ignore_index must be an int, got {self.ignore_index!r}.")
 
-def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, options: LinearLogprobsOptions):
-    if options.backend not in BACKENDS:
-        raise ValueError(f"linear_logprobs: unknown backend={options.backend!r}; choose one of {BACKENDS}.")
+
+def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """Tensor checks (the options check themselves in LinearLogprobsOptions.__post_init__)."""
     if not isinstance(hidden, torch.Tensor) or not isinstance(weight, torch.Tensor) or not isinstance(targets, torch.Tensor):
         raise ValueError("linear_logprobs: hidden, weight and targets must all be torch.Tensor.")
     if not hidden.is_floating_point():
@@ -143,7 +155,7 @@ def linear_logprobs(
     """
     if options is None:
         options = LinearLogprobsOptions(ignore_index=ignore_index, backend=backend)
-    _check_inputs(hidden, weight, targets, options)
+    _check_inputs(hidden, weight, targets)
     backend = _resolve_backend(options.backend, hidden.device)
 
     # Mixed dtypes (e.g. bf16 activations under autocast against an fp32 master weight): compute in

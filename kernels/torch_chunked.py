@@ -237,10 +237,8 @@ def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     n = hidden.shape[0]
     acc = acc_dtype_for(hidden.dtype)
     chunk_rows = options.chunk_rows
-    if chunk_rows is None:
+    if chunk_rows is None:  # (a given value was checked by LinearLogprobsOptions)
         chunk_rows = default_chunk_rows(n, weight.shape[0], acc)
-    elif not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
-        raise ValueError(f"linear_logprobs: options.chunk_rows must be a positive int or None, got {chunk_rows!r}.")
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _LinearLogprobsFunction.apply(hidden, weight, targets, chunk_rows)
     with torch.no_grad():

@@ -327,10 +327,18 @@ def test_unknown_backend():
         linear_logprobs(**_args(), backend="cuda")
 
 
-@pytest.mark.parametrize("chunk_rows", [0, -3, 2.5])
-def test_bad_chunk_rows(chunk_rows):
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+@pytest.mark.parametrize("chunk_rows", [0, -3, 2.5, True])
+def test_bad_chunk_rows_fails_when_the_options_are_written(backend, chunk_rows):
+    # Refused at construction for every backend, not only by the backend that reads it.
     with pytest.raises(ValueError, match=r"options.chunk_rows must be a positive int or None"):
-        linear_logprobs(**_args(), options=LinearLogprobsOptions(backend="torch", chunk_rows=chunk_rows))
+        LinearLogprobsOptions(backend=backend, chunk_rows=chunk_rows)
+
+
+@pytest.mark.parametrize("options", [dict(backend="cuda"), dict(ignore_index=-100.0), dict(ignore_index=None)])
+def test_bad_options_are_refused_at_construction(options):
+    with pytest.raises(ValueError, match=r"unknown backend='cuda'|options.ignore_index must be an int"):
+        LinearLogprobsOptions(**options)
 
 
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
