@@ -20,7 +20,7 @@ from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
 from lit_idpo.data import PreferenceDataModule  # noqa: E402
-from lit_idpo.module import IntermediateDPO  # noqa: E402
+from lit_idpo.module import IntermediateDPO, load_checkpoint_safely  # noqa: E402
 
 
 class IntermediateDPOCLI(LightningCLI):
@@ -29,6 +29,20 @@ class IntermediateDPOCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # The data must be tokenised with the policy's own tokenizer.
         parser.link_arguments("model.model", "data.tokenizer")
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads ``--ckpt_path``'s hyperparameters (torch.load, weights_only=True) before
+        # anything else, so a truncated or foreign file fails there with a bare unpickling/zip error.
+        # Re-read a file that failed through load_checkpoint_safely, which raises a CheckpointError
+        # naming the file, the cause and the fix. (A private hook: were Lightning to rename it, this
+        # override would simply stop being called and Lightning's own error would show.)
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+            if ckpt_path:
+                load_checkpoint_safely(ckpt_path)
+            raise
 
     def before_fit(self) -> None:
         self._fit_started = time.perf_counter()

@@ -240,6 +240,21 @@ def test_unreadable_checkpoints_give_a_clear_error(tmp_path):
             _module(tmp_path), _data(), ckpt_path=str(truncated))
 
 
+
+def test_cli_names_a_damaged_ckpt_path(tmp_path, monkeypatch):
+    """``lit-idpo fit --ckpt_path`` with a cut-short file: a CheckpointError naming it, not a zip error."""
+    from lit_idpo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(64)}, "hyper_parameters": {"beta": 0.1}}, good)
+    truncated = tmp_path / "cut.ckpt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*cut\.ckpt \(300 bytes\).*damaged"):
+        main(["fit", "--config", str(config), "--trainer.max_steps", "1", "--ckpt_path", str(truncated)])
+
+
 def test_remote_code_is_not_run_unless_trusted(tmp_path):
     """A model directory whose config points at its own Python code: loading it must refuse, not import it."""
     import json
