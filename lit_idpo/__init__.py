@@ -6,21 +6,28 @@ Public API:
     intermediate_dpo_loss, preference_loss    the losses
     IntermediateDPO, LoraOptions              the LightningModule
     PreferenceDataModule                      the LightningDataModule
+    load_checkpoint_safely, SafeCheckpointIO  checkpoint loading with weights_only=True
+    CheckpointError, ReferenceCacheError      what a damaged checkpoint / stale reference cache raises
 """
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.losses import intermediate_dpo_loss, preference_loss
 from lit_idpo.data import PreferenceDataModule
-from lit_idpo.module import IntermediateDPO, LoraOptions
+from lit_idpo.module import CheckpointError, IntermediateDPO, LoraOptions, SafeCheckpointIO, load_checkpoint_safely
+from lit_idpo.reference_cache import ReferenceCacheError
 
 __all__ = [
+    "CheckpointError",
     "IntermediateDPO",
     "LinearLogprobsOptions",
     "LoraOptions",
     "PreferenceDataModule",
+    "ReferenceCacheError",
+    "SafeCheckpointIO",
     "intermediate_dpo_loss",
     "linear_logprobs",
+    "load_checkpoint_safely",
     "preference_loss",
     "sequence_logprobs",
 ]
