@@ -1176,6 +1176,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge.timeout", dest="judge_timeout", type=float, default=None, help="openai: seconds per request")
     p.add_argument("--judge.max_retries", dest="judge_max_retries", type=int, default=None, help="openai: retries on 429/5xx")
     p.add_argument("--judge.workers", dest="judge_workers", type=int, default=None, help="openai: requests in flight")
+    p.add_argument("--judge.temperature", dest="judge_temperature", type=_float_or_none, default=_NOT_GIVEN,
+                   help="openai: judge temperature (default 0); 'none' sends none (for models that accept only "
+                        "their default)")
+    p.add_argument("--judge.max_tokens", dest="judge_max_tokens", type=_int_or_none, default=_NOT_GIVEN,
+                   help="openai: reply length limit (default 512); 'none' sends none")
+    p.add_argument("--judge.token_limit_field", dest="judge_token_limit_field", default=None,
+                   choices=["auto", "max_tokens", "max_completion_tokens"],
+                   help="openai: the request field for the length limit (default auto: max_tokens, switching to "
+                        "max_completion_tokens when the server asks for it)")
     p.add_argument("--judge.reward_model", dest="judge_reward_model", default=None,
                    help="reward-model: a sequence-classification model directory or Hub id")
     p.add_argument("--judge.label_index", dest="judge_label_index", type=int, default=None,
@@ -1195,13 +1204,32 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _NotGiven:
+    """Default of options whose None is a value of its own (argparse would parse a string default)."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_NOT_GIVEN = _NotGiven()
+
+
+def _float_or_none(text: str) -> Optional[float]:
+    return None if text.lower() in ("none", "null") else float(text)
+
+
+def _int_or_none(text: str) -> Optional[int]:
+    return None if text.lower() in ("none", "null") else int(text)
+
+
 def judge_from_args(args: argparse.Namespace) -> Optional[Judge]:
     if args.judge == "none":
         return None
     options = {
         "rule": {"answer_field": args.judge_answer_field},
         "openai": {"base_url": args.judge_base_url, "model": args.judge_model, "api_key_env": args.judge_api_key_env,
-                   "timeout": args.judge_timeout, "max_retries": args.judge_max_retries, "workers": args.judge_workers},
+                   "timeout": args.judge_timeout, "max_retries": args.judge_max_retries, "workers": args.judge_workers,
+                   "token_limit_field": args.judge_token_limit_field},
         "reward-model": {"reward_model": args.judge_reward_model, "label_index": args.judge_label_index,
                          "tie_margin": args.judge_tie_margin},
     }[args.judge]
@@ -1209,6 +1237,11 @@ def judge_from_args(args: argparse.Namespace) -> Optional[Judge]:
         for key in ("base_url", "model"):
             if not options[key]:
                 raise ValueError(f"--judge openai needs --judge.{key}")
+        # Given on the command line only: their null ("none") is a value, not "use the default".
+        for key in ("temperature", "max_tokens"):
+            value = getattr(args, f"judge_{key}")
+            if value is not _NOT_GIVEN:
+                options[key] = value
     if args.judge == "reward-model" and not options["reward_model"]:
         raise ValueError("--judge reward-model needs --judge.reward_model PATH")
     return build_judge(args.judge, **options)

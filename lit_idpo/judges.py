@@ -175,6 +175,7 @@ Verdict: tie
 
 #: Bump when the prompt text changes, so cached verdicts of an older prompt are not reused.
 JUDGE_PROMPT_VERSION = 1
+TOKEN_LIMIT_FIELDS = ("auto", "max_tokens", "max_completion_tokens")
 
 _VERDICT_LINE = re.compile(r"verdict\s*[:\-]\s*\**\s*\[?\s*(A|B|tie)\b", re.IGNORECASE)
 _BARE_VERDICT = re.compile(r"^\W*(A|B|tie)\W*$", re.IGNORECASE)
@@ -190,6 +191,10 @@ class JudgeAuthError(JudgeError):
 
 class _MalformedReply(Exception):
     pass
+
+
+class _WantsCompletionTokens(Exception):
+    """HTTP 400 whose message asks for ``max_completion_tokens`` instead of ``max_tokens``."""
 
 
 class _Retryable(Exception):
@@ -239,13 +244,21 @@ class OpenAIJudge(Judge):
         max_backoff: longest wait between two attempts, seconds.
         parse_retries: extra attempts when a reply holds no readable verdict; after them the
             comparison is recorded as no verdict (counted in the report).
-        temperature: sampling temperature of the judge (0: as deterministic as the server allows).
+        temperature: sampling temperature of the judge (0: as deterministic as the server allows);
+            null sends none (reasoning models such as OpenAI's o-series accept only their default).
         max_tokens: reply length limit sent to the server; null sends none.
+        token_limit_field: the request field that carries ``max_tokens``: ``"max_tokens"`` (what
+            OpenAI-compatible servers such as vLLM or llama.cpp read), ``"max_completion_tokens"``
+            (what OpenAI's reasoning models require), or ``"auto"``: send ``max_tokens`` and, if the
+            server answers HTTP 400 asking for ``max_completion_tokens``, switch to it for this and
+            every later request.
         workers: requests in flight at once.
     """
 
     name = "openai"
     cache_verdicts = True
+    #: Options where null means "send none" rather than "use the default" (see build_judge).
+    nullable_options = ("temperature", "max_tokens")
 
     def __init__(
         self,
@@ -257,8 +270,9 @@ class OpenAIJudge(Judge):
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         parse_retries: int = 1,
-        temperature: float = 0.0,
+        temperature: Optional[float] = 0.0,
         max_tokens: Optional[int] = 512,
+        token_limit_field: str = "auto",
         workers: int = 4,
     ):
         if not base_url or not base_url.startswith(("http://", "https://")):
@@ -271,6 +285,10 @@ class OpenAIJudge(Judge):
                 raise ValueError(f"judge.{name}={value!r}; it must be an integer >= {least}")
         if timeout <= 0:
             raise ValueError(f"judge.timeout={timeout}; it must be > 0 seconds")
+        if token_limit_field not in TOKEN_LIMIT_FIELDS:
+            raise ValueError(f"judge.token_limit_field={token_limit_field!r}; choose one of {TOKEN_LIMIT_FIELDS}")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+            raise ValueError(f"judge.max_tokens={max_tokens!r}; it must be a positive integer, or null to send none")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -279,8 +297,11 @@ class OpenAIJudge(Judge):
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.parse_retries = parse_retries
-        self.temperature = float(temperature)
+        self.temperature = None if temperature is None else float(temperature)
         self.max_tokens = max_tokens
+        self.token_limit_field = token_limit_field
+        # The field actually sent; "auto" starts with max_tokens and may switch once (see _body).
+        self._limit_field = "max_tokens" if token_limit_field == "auto" else token_limit_field
         self.workers = workers
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -304,6 +325,14 @@ class OpenAIJudge(Judge):
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
                 "temperature": self.temperature, "max_tokens": self.max_tokens, "prompt_version": JUDGE_PROMPT_VERSION}
+
+    def _body(self, comparison: Comparison) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"model": self.model, "messages": self.messages(comparison)}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body[self._limit_field] = self.max_tokens
+        return body
 
     def messages(self, comparison: Comparison) -> List[Message]:
         """The chat messages sent for one comparison."""
@@ -343,8 +372,13 @@ class OpenAIJudge(Judge):
                     except ValueError:
                         retry_after = None
                 raise _Retryable(f"HTTP {err.code} {detail!r}", retry_after) from None
+            if err.code == 400 and "max_completion_tokens" in detail and "max_tokens" in body:
+                raise _WantsCompletionTokens(detail) from None
+            hint = ""
+            if err.code == 400 and "temperature" in detail and "temperature" in body:
+                hint = " If the model accepts only its default temperature, set judge.temperature to null."
             raise JudgeError(f"judge: {url} answered HTTP {err.code}: {detail!r}. Check judge.base_url and "
-                             f"judge.model ({self.model!r}).") from None
+                             f"judge.model ({self.model!r}).{hint}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise _Retryable(f"network error: {self._scrub(str(reason))}") from None
@@ -375,15 +409,27 @@ class OpenAIJudge(Judge):
                 self.sleep(wait)
                 attempt += 1
 
+    def _ask(self, comparison: Comparison) -> str:
+        """One comparison's reply text, switching the token-limit field once if the server asks for it."""
+        try:
+            return self._request(self._body(comparison))
+        except _WantsCompletionTokens as err:
+            if self.token_limit_field != "auto":
+                raise JudgeError(f"judge: the server refuses 'max_tokens' and asks for 'max_completion_tokens' "
+                                 f"({err}); set judge.token_limit_field to max_completion_tokens or auto.") from None
+            with self._lock:
+                if self._limit_field != "max_completion_tokens":
+                    log.warning("judge: %s asks for max_completion_tokens instead of max_tokens; sending that "
+                                "from now on", self.model)
+                    self._limit_field = "max_completion_tokens"
+            return self._request(self._body(comparison))
+
     def judge_one(self, comparison: Comparison) -> Verdict:
         """Ask the server about one comparison."""
-        body: Dict[str, Any] = {"model": self.model, "messages": self.messages(comparison), "temperature": self.temperature}
-        if self.max_tokens is not None:
-            body["max_tokens"] = self.max_tokens
         problem = ""
         for _ in range(self.parse_retries + 1):
             try:
-                reply = self._request(body)
+                reply = self._ask(comparison)
             except _MalformedReply as err:
                 problem = str(err)
                 continue
@@ -532,13 +578,16 @@ JUDGES = ("rule", "openai", "reward-model")
 def build_judge(name: str, **options: Any) -> Judge:
     """Make a judge from its name (``rule``, ``openai``, ``reward-model``) and its options.
 
-    Options that are None are left at the judge's default; an option the judge does not take is an
-    error naming it. ``reward-model`` takes its model directory as ``reward_model`` (or ``path``).
+    Options that are None are left at the judge's default, except the judge's ``nullable_options``
+    (the OpenAI judge's ``temperature`` and ``max_tokens``: null sends none); an option the judge
+    does not take is an error naming it. ``reward-model`` takes its model directory as ``reward_model`` (or ``path``).
     """
-    options = {k: v for k, v in options.items() if v is not None}
     classes = {"rule": RuleJudge, "openai": OpenAIJudge, "reward-model": RewardModelJudge}
     if name not in classes:
         raise ValueError(f"judge={name!r} is unknown; choose one of {', '.join(JUDGES)}")
+    # None means "not given", except for options where null has a meaning of its own ("send none").
+    nullable = getattr(classes[name], "nullable_options", ())
+    options = {k: v for k, v in options.items() if v is not None or k in nullable}
     if name == "reward-model" and "reward_model" in options:
         options["path"] = options.pop("reward_model")
     import inspect

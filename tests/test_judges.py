@@ -211,6 +211,71 @@ def test_http_judge_other_4xx_is_an_error_without_retry(server, judge_factory):
     assert len(s.requests) == 1
 
 
+
+# OpenAI's reply when a reasoning model is sent max_tokens (the error body of its chat-completions API).
+WANTS_COMPLETION_TOKENS = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                               "Use 'max_completion_tokens' instead.",
+                                    "type": "invalid_request_error", "param": "max_tokens",
+                                    "code": "unsupported_parameter"}}
+
+
+def _reasoning_server(body):
+    if "max_tokens" in body:
+        return 400, WANTS_COMPLETION_TOKENS, None, 0
+    return 200, _completion("Verdict: B"), None, 0
+
+
+def test_http_judge_auto_switches_to_max_completion_tokens_once(server, judge_factory, caplog):
+    s = server(respond=_reasoning_server)
+    judge = judge_factory(s.url, max_tokens=64)
+    with caplog.at_level(logging.WARNING):
+        verdicts = judge.judge([COMPARISON, COMPARISON])
+    assert [v.winner for v in verdicts] == ["B", "B"]
+    sent = [r["body"] for r in s.requests]
+    assert len(sent) == 3  # one refused request, then the field is remembered for every later one
+    assert sent[0]["max_tokens"] == 64 and "max_completion_tokens" not in sent[0]
+    assert all(b["max_completion_tokens"] == 64 and "max_tokens" not in b for b in sent[1:])
+    assert caplog.text.count("asks for max_completion_tokens") == 1
+
+
+def test_http_judge_fixed_token_limit_field(server, judge_factory):
+    s = server(respond=_reasoning_server)
+    with pytest.raises(JudgeError, match=r"asks for 'max_completion_tokens'.*judge.token_limit_field"):
+        judge_factory(s.url, token_limit_field="max_tokens").judge([COMPARISON])
+    assert len(s.requests) == 1
+    [verdict] = judge_factory(s.url, token_limit_field="max_completion_tokens").judge([COMPARISON])
+    assert verdict.winner == "B" and len(s.requests) == 2 and s.requests[1]["body"]["max_completion_tokens"] == 512
+    with pytest.raises(ValueError, match=r"judge.token_limit_field='max_output_tokens'"):
+        judge_factory(s.url, token_limit_field="max_output_tokens")
+    with pytest.raises(ValueError, match=r"judge.max_tokens=0"):
+        judge_factory(s.url, max_tokens=0)
+
+
+def test_http_judge_null_temperature_and_limit_send_none(server, judge_factory):
+    refuses_temperature = {"error": {"message": "Unsupported value: 'temperature' does not support 0 with this model. "
+                                                "Only the default (1) value is supported."}}
+    s = server(respond=lambda body: (400, refuses_temperature, None, 0) if "temperature" in body
+               else (200, _completion("Verdict: A"), None, 0))
+    with pytest.raises(JudgeError, match=r"HTTP 400.*set judge.temperature to null"):
+        judge_factory(s.url).judge([COMPARISON])
+    [verdict] = judge_factory(s.url, temperature=None, max_tokens=None).judge([COMPARISON])
+    body = s.requests[-1]["body"]
+    assert verdict.winner == "A" and "temperature" not in body and "max_tokens" not in body
+    assert "max_completion_tokens" not in body
+
+
+def test_build_judge_keeps_a_null_that_means_send_none(monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    judge = build_judge("openai", base_url="http://127.0.0.1:1/v1", model="m", api_key_env="JUDGE_KEY",
+                        temperature=None, max_tokens=None, timeout=None)
+    assert judge.temperature is None and judge.max_tokens is None and judge.timeout == 60.0  # timeout: default
+    args = ev.build_parser().parse_args([
+        "--model", "a", "--model", "b", "--output_dir", "o", "--judge", "openai", "--judge.base_url", "http://127.0.0.1:1/v1",
+        "--judge.model", "m", "--judge.api_key_env", "JUDGE_KEY", "--judge.temperature", "none",
+        "--judge.token_limit_field", "max_completion_tokens"])
+    judge = ev.judge_from_args(args)
+    assert judge.temperature is None and judge.max_tokens == 512 and judge.token_limit_field == "max_completion_tokens"
+
 def test_http_judge_timeout_is_retried(server, judge_factory):
     s = server([(200, _completion("Verdict: A"), None, 1.0), (200, _completion("Verdict: A"), None, 0)])
     [verdict] = judge_factory(s.url, timeout=0.2, max_retries=2).judge([COMPARISON])
