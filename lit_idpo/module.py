@@ -185,7 +185,9 @@ class IntermediateDPO(LightningModule):
             of ``fit``; ``null`` is ``<log_dir>/hf_model``.
         optimizer: optimiser factory; ``null`` is AdamW(lr=1e-6).
         lr_scheduler: learning-rate scheduler factory (stepped every optimiser step); ``null`` for none.
-        seed: initialisation seed of the tiny random models (ignored for pretrained ones).
+        init_seed: initialisation seed of the tiny random models (ignored for pretrained ones). Not
+            ``seed``: Lightning merges the model's and the data module's hyperparameters, and
+            ``data.seed`` (the shuffling seed) must be free to differ.
     """
 
     def __init__(
@@ -209,7 +211,7 @@ class IntermediateDPO(LightningModule):
         hf_output_dir: Optional[str] = None,
         optimizer: Optional[OptimizerCallable] = None,
         lr_scheduler: Optional[LRSchedulerCallable] = None,
-        seed: int = 0,
+        init_seed: int = 0,
     ) -> None:
         super().__init__()
         if loss_type not in LOSS_TYPES:
@@ -229,7 +231,7 @@ class IntermediateDPO(LightningModule):
         if lora is not None and reference_model is not None:
             raise ValueError("model.reference_model cannot be combined with model.lora: with LoRA the reference is "
                              "the policy with its adapters disabled. Remove one of them.")
-        self._load_kwargs = dict(dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, seed=seed)
+        self._load_kwargs = dict(dtype=dtype, revision=revision, trust_remote_code=trust_remote_code, seed=init_seed)
         policy = load_model(model, **self._load_kwargs)
         policy.config.use_cache = False
         disable_dropout(policy)  # before LoRA, so that the adapters keep the dropout the user asked for
@@ -521,7 +523,7 @@ class IntermediateDPO(LightningModule):
         directory = Path(self.hparams.reference_cache)
         directory.mkdir(parents=True, exist_ok=True)
         reference = reference_fingerprint(self.hparams.reference_model or self.hparams.model, dtype=self.hparams.dtype,
-                                          revision=self.hparams.revision, seed=self.hparams.seed,
+                                          revision=self.hparams.revision, seed=self.hparams.init_seed,
                                           memo_file=directory / "file_hashes.json")
         tokenisation = {name: getattr(datamodule, attr, None) for name, attr in (
             ("tokenizer", "tokenizer_source"), ("source", "source"), ("format", "format"), ("max_length", "max_length"),

@@ -10,7 +10,7 @@ LR = 0.5
 
 
 def make_module_kwargs(**overrides) -> dict:
-    kwargs = dict(model="tiny-llama", layers=[2], beta=0.1, gamma=0.5, seed=0)
+    kwargs = dict(model="tiny-llama", layers=[2], beta=0.1, gamma=0.5, init_seed=0)
     kwargs.update(overrides)
     return kwargs
 

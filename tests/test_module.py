@@ -28,7 +28,7 @@ def _batch(vocab=1000, pairs=2, length=10, prompt=5, seed=0):
 
 
 def test_loss_is_intermediate_dpo_of_the_two_models():
-    module = IntermediateDPO(model="tiny-llama", layers=[1, 3], beta=0.2, gamma=0.25, seed=3)
+    module = IntermediateDPO(model="tiny-llama", layers=[1, 3], beta=0.2, gamma=0.25, init_seed=3)
     # Make the policy differ from the reference so the loss is not log 2.
     with torch.no_grad():
         for p in module.policy.parameters():
@@ -89,7 +89,7 @@ def test_nonfinite_loss_stops_with_step_and_batch():
 
 def test_overfit_raises_reward_accuracy():
     """A few steps on the same pairs make the policy prefer the chosen completions at every layer."""
-    module = IntermediateDPO(model="tiny-llama", layers=[2], beta=0.1, seed=0)
+    module = IntermediateDPO(model="tiny-llama", layers=[2], beta=0.1, init_seed=0)
     optimizer = torch.optim.AdamW(module.policy.parameters(), lr=3e-3)
     batch = _batch(pairs=4, seed=5)
     _, before = module.compute_loss(batch)
@@ -157,8 +157,9 @@ def test_cli_fit_tiny_writes_a_loadable_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     out = tmp_path / "hf"
+    # Seeds that differ between model and data: Lightning merges both hyperparameter sets for the logger.
     main(["fit", "--config", str(config), "--model.hf_output_dir", str(out), "--trainer.max_steps", "2",
-          "--trainer.val_check_interval", "2"])
+          "--trainer.val_check_interval", "2", "--data.seed", "3", "--model.init_seed", "1"])
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers == 4
@@ -168,6 +169,16 @@ def test_cli_fit_tiny_writes_a_loadable_model(tmp_path, monkeypatch):
     metrics = (tmp_path / "runs" / "tiny").rglob("metrics.csv")
     text = next(metrics).read_text()
     assert "val/layer2/rewards/accuracies" in text and "train/loss_total" in text
+
+
+def test_model_and_data_hyperparameters_share_no_name():
+    """Lightning logs the model's and the data module's hyperparameters merged and stops at a name both
+    have with different values (a model ``seed`` once broke every ``data.seed`` other than 0)."""
+    import inspect
+
+    model_names = set(inspect.signature(IntermediateDPO.__init__).parameters) - {"self"}
+    data_names = set(inspect.signature(PreferenceDataModule.__init__).parameters) - {"self"}
+    assert model_names & data_names == set()
 
 
 def test_checkpoint_leaves_out_the_reference_and_resumes(tmp_path):
