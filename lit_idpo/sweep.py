@@ -532,8 +532,8 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
         ax.set_ylabel(f"win rate (%) with {round(100 * summary['confidence'])} % interval")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
-        if handles:
-            ax.legend(fontsize=8, loc="best")
+        if handles:  # below the axes: inside, "best" can still cover the run labels along the bottom
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(handles)))
     judge = summary["judge"]["name"]
     fig.suptitle(f"Intermediate DPO vs DPO and vs SFT: {summary['base_model']}, judge {judge}, "
                  f"{summary['prompts']['prompts']} prompts", fontsize=10)
