@@ -81,7 +81,7 @@ def test_cache_matches_the_live_reference_and_is_used_without_it(tmp_path, monke
 
 @pytest.mark.parametrize("change, match", [
     (dict(layers=[1]), r"the layers: the cache holds \[4, 2\], this run also needs \[1\]"),
-    (dict(seed=1), r"the reference model's weights"),
+    (dict(init_seed=1), r"the reference model's weights"),
     (dict(data_kwargs=dict(limit_train_pairs=5)), r"the cache holds 6 pairs, this run has 5"),
     (dict(data_kwargs=dict(max_prompt_length=12)), r"first pair whose token ids differ is pair_index 0.*max_prompt_length"),
     (dict(trainer_kwargs=dict(precision="bf16-mixed")), r"precision: cached under 32-true, this run uses bf16-mixed"),
