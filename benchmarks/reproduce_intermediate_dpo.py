@@ -78,7 +78,8 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     sweep = Sweep(load_spec(config, str(out)))
     relative = lambda text: text.replace(str(ROOT) + os.sep, "")
     commands = [f"lit-idpo sweep --config {relative(str(config))} --output_dir {relative(str(out))}", "",
-                "# the training runs it makes (each repeatable by hand):"] + [relative(l) for l in sweep.plan()]
+                "# the training runs it makes (each repeatable by hand once the sweep, or its --dry_run, has written",
+                "# the config files they read from the sweep file):"] + [relative(l) for l in sweep.plan()]
     (dest / "commands.txt").write_text("\n".join(commands) + "\n")
     (dest / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     env = environment()
