@@ -1176,10 +1176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge.timeout", dest="judge_timeout", type=float, default=None, help="openai: seconds per request")
     p.add_argument("--judge.max_retries", dest="judge_max_retries", type=int, default=None, help="openai: retries on 429/5xx")
     p.add_argument("--judge.workers", dest="judge_workers", type=int, default=None, help="openai: requests in flight")
-    p.add_argument("--judge.temperature", dest="judge_temperature", type=_float_or_none, default=_NOT_GIVEN,
+    p.add_argument("--judge.temperature", dest="judge_temperature", type=_float_or_none, default=argparse.SUPPRESS,
                    help="openai: judge temperature (default 0); 'none' sends none (for models that accept only "
                         "their default)")
-    p.add_argument("--judge.max_tokens", dest="judge_max_tokens", type=_int_or_none, default=_NOT_GIVEN,
+    p.add_argument("--judge.max_tokens", dest="judge_max_tokens", type=_int_or_none, default=argparse.SUPPRESS,
                    help="openai: reply length limit (default 512); 'none' sends none")
     p.add_argument("--judge.token_limit_field", dest="judge_token_limit_field", default=None,
                    choices=["auto", "max_tokens", "max_completion_tokens"],
@@ -1202,16 +1202,6 @@ def build_parser() -> argparse.ArgumentParser:
         if action.option_strings and action.nargs != 0 and action.metavar is None and not action.choices:
             action.metavar = action.option_strings[0].rsplit(".", 1)[-1].lstrip("-").upper()
     return p
-
-
-class _NotGiven:
-    """Default of options whose None is a value of its own (argparse would parse a string default)."""
-
-    def __repr__(self) -> str:
-        return "<not given>"
-
-
-_NOT_GIVEN = _NotGiven()
 
 
 def _float_or_none(text: str) -> Optional[float]:
@@ -1237,11 +1227,10 @@ def judge_from_args(args: argparse.Namespace) -> Optional[Judge]:
         for key in ("base_url", "model"):
             if not options[key]:
                 raise ValueError(f"--judge openai needs --judge.{key}")
-        # Given on the command line only: their null ("none") is a value, not "use the default".
+        # Present only when given (default SUPPRESS): their null ("none") is a value, not "use the default".
         for key in ("temperature", "max_tokens"):
-            value = getattr(args, f"judge_{key}")
-            if value is not _NOT_GIVEN:
-                options[key] = value
+            if hasattr(args, f"judge_{key}"):
+                options[key] = getattr(args, f"judge_{key}")
     if args.judge == "reward-model" and not options["reward_model"]:
         raise ValueError("--judge reward-model needs --judge.reward_model PATH")
     return build_judge(args.judge, **options)
