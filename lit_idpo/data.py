@@ -424,6 +424,18 @@ class SplitStats:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}
 
 
+def truncate_prompt(ids: List[int], max_prompt_length: Optional[int], bos: Optional[int]) -> Tuple[List[int], bool]:
+    """Keep a prompt's last ``max_prompt_length`` tokens (and its leading BOS); return ``(ids, was_truncated)``.
+
+    The one truncation rule of lit-idpo, shared by training data and evaluation prompts.
+    """
+    if max_prompt_length is None or len(ids) <= max_prompt_length:
+        return ids, False
+    if bos is not None and ids and ids[0] == bos:
+        return [ids[0]] + ids[len(ids) - max_prompt_length + 1:], True
+    return ids[len(ids) - max_prompt_length:], True
+
+
 def tokenize_rows(
     rows: Iterable[Dict[str, Any]],
     tokenizer,
@@ -473,11 +485,8 @@ def tokenize_rows(
                 bad(index, result)
                 continue
             prompt, chosen, rejected = result
-            if max_prompt_length is not None and len(prompt) > max_prompt_length:
-                keep_bos = pair_tok.bos is not None and prompt[0] == pair_tok.bos
-                prompt = ([prompt[0]] + prompt[len(prompt) - max_prompt_length + 1:] if keep_bos
-                          else prompt[len(prompt) - max_prompt_length:])
-                stats.prompt_truncated += 1
+            prompt, truncated = truncate_prompt(prompt, max_prompt_length, pair_tok.bos)
+            stats.prompt_truncated += truncated
             if max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
                 dropped["too_long"] += 1
                 continue
