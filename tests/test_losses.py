@@ -111,3 +111,27 @@ def test_shape_mismatch():
     pc, pr, rc, rr = _random_inputs(2, 3)
     with pytest.raises(ValueError, match="one shape"):
         intermediate_dpo_loss(pc, pr[:, :2], rc, rr)
+
+
+# Fixed values, worked out once by hand from the published formulas (the DPO paper's sigmoid loss with
+# label smoothing as in cDPO, robust DPO, SLiC's hinge and IPO, as TRL's DPOTrainer writes them):
+# policy chosen -10.0, rejected -12.5; reference chosen -11.0, rejected -12.0 -> margin h = 1.5,
+# and a second pair with h = -2.0. E.g. sigmoid, beta 0.1, eps 0.1:
+# 0.9 * -log(sigmoid(0.15)) + 0.1 * -log(sigmoid(-0.15)) = 0.9 * 0.620957 + 0.1 * 0.770957 = 0.635957.
+FIXED_CASES = [
+    # beta, eps, (pc, pr, rc, rr), {loss_type: expected}
+    (0.1, 0.1, (-10.0, -12.5, -11.0, -12.0),
+     {"sigmoid": 0.635957047789532, "robust": 0.602207047789532}),
+    (0.1, 0.0, (-10.0, -12.5, -11.0, -12.0), {"hinge": 0.85, "ipo": 12.25}),
+    (0.5, 0.2, (-4.0, -2.0, -3.0, -3.0),
+     {"sigmoid": 1.11326168751822, "robust": 1.64659502085156}),
+    (0.5, 0.0, (-4.0, -2.0, -3.0, -3.0), {"hinge": 2.0, "ipo": 9.0}),
+]
+
+
+@pytest.mark.parametrize("beta, eps, logps, expected", FIXED_CASES)
+def test_fixed_values(beta, eps, logps, expected):
+    pc, pr, rc, rr = (torch.tensor([[v]], dtype=torch.float64) for v in logps)
+    for loss_type, value in expected.items():
+        loss, _ = intermediate_dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type, label_smoothing=eps)
+        assert loss.item() == pytest.approx(value, rel=1e-12), loss_type
