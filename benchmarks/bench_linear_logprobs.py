@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -279,8 +280,8 @@ def run_case(case: Case, methods: dict, device: str, repeats: int, with_memory: 
                 wait_for_idle_cpu(wait_idle)
             try:
                 if has_grad:
-                    t_fb = timed(device, lambda: step(fn, hidden, weight, targets, grad_out, backward=True))
-                t_f = timed(device, lambda: step(fn, hidden, weight, targets, grad_out, backward=False))
+                    t_fb = timed(device, functools.partial(step, fn, hidden, weight, targets, grad_out, backward=True))
+                t_f = timed(device, functools.partial(step, fn, hidden, weight, targets, grad_out, backward=False))
             except (RuntimeError, NotImplementedError, ValueError) as err:  # e.g. CUDA OOM
                 failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
                 print(f"[bench] {name} failed on {case}: {failed[name]}", flush=True)
