@@ -60,6 +60,23 @@ def preference_loss(
     return (margin - 1 / (2 * beta)) ** 2  # ipo
 
 
+def sequence_logps_for_loss(sums: torch.Tensor, completion_lengths: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """The sequence log-probs ``loss_type`` compares: the sums themselves, or for ``ipo`` their per-token mean.
+
+    IPO's target margin ``1 / (2 beta)`` is on length-averaged log-probs (as in TRL), so ``ipo`` divides
+    each column by its completion's token count. Applied to the policy's and the reference's sums alike
+    (cached reference values are stored as sums, so one cache serves every loss type).
+
+    Args:
+        sums: ``[..., N]`` summed completion-token log-probs, one column per sequence.
+        completion_lengths: ``[N]`` completion tokens scored per sequence (clamped to at least 1).
+        loss_type: one of :data:`LOSS_TYPES`.
+    """
+    if loss_type == "ipo":
+        return sums / completion_lengths.clamp(min=1)
+    return sums
+
+
 def intermediate_dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,

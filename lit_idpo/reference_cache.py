@@ -1,50 +1,21 @@
-"""Reference log-probs computed once and cached on disk.
+"""Reference log-probs computed once and cached on disk (``model.reference_cache: <dir>``).
 
-The reference model is frozen, so its per-layer sequence log-probs of every pair never change during
-training. With ``model.reference_cache: <dir>`` they are computed in one pass over the training and
-validation pairs (progress bar), written to ``<dir>/train.safetensors`` and ``<dir>/val.safetensors``,
-and read back by ``pair_index`` in every later step: a run that finds the cache complete neither loads
-nor runs the reference.
+The frozen reference's per-layer log-prob sums of every training and validation pair are computed in
+one pass before fit, written to ``<dir>/{train,val}.safetensors`` and read back by ``pair_index`` in
+every later step; a run that finds the cache complete never loads the reference. A cache is keyed by
+the pairs' token ids, the reference model's :func:`~lit_idpo.fingerprint.model_fingerprint`, its
+dtype, the Trainer precision and the layers; one that does not match is refused with an error naming
+what differs. Design, file format and key: ``docs/reference_cache.md``.
 
-What a split's file holds (safetensors: tensors plus a JSON header, loaded without unpickling):
-
-    chosen, rejected   [N, L] float32   per-layer SUMS of completion-token log-probs (columns: ``layers``)
-    layers             [L]    int64     layer ids of the columns (1..num_layers; num_layers is the final)
-    tokens             [N, 3] int64     prompt, chosen and rejected token counts per pair (a per-batch check)
-    pair_digest        [N, 16] uint8    BLAKE2b of each pair's token ids, in pair_index order
-
-and a header (``lit_idpo`` metadata entry, JSON) with the key below. Sums are stored, never
-length-averaged values: ``ipo``'s averaging is applied after the lookup, so one cache serves every
-``loss_type``.
-
-The key (all must match, or the cache is refused with an error naming what differs):
-
-- data: the token ids of every pair, in ``pair_index`` order (per-pair digests, so the error names the
-  first pair that differs). Tokenisation settings (tokenizer, chat template, ``max_length``,
-  ``max_prompt_length``, format) are covered through their result: any setting that changes one token
-  id changes the key; one that changes nothing (a ``max_length`` above every pair) keeps the cache
-  valid. The settings are recorded in the header and shown when the data differs.
-- reference weights: a SHA-256 over the model's files (``config.json``, weight files, any ``*.py``
-  model code) as they lie on disk, whatever the path or Hub id they were reached by. Cost: one read of
-  the weights (a 7B bf16 model, ~14 GB: about 10 s at 1.5 GB/s), once per file version: hashes are
-  remembered in ``<dir>/file_hashes.json`` by path, size and modification time. Files in the Hugging
-  Face Hub cache are free: their blob names already are content hashes (SHA-256 of LFS files, git's
-  SHA-1 of small ones). Random tiny test models hash their state dict.
-- the reference's load ``dtype`` and the Trainer ``precision`` the values were computed under
-  (bf16-mixed values differ from fp32 ones by more than a training step does).
-- layers: every layer this run reads must be among the cached ones (a cache may hold more).
-
-Not in the key: the kernel backend and the device (the same math; differences are float rounding),
-library versions (recorded in the header for reference).
+This module holds the file format (:func:`read_split`, :func:`write_split`, :class:`ReferenceTable`),
+the key (:class:`CacheKey`) and the run's view of the directory (:class:`ReferenceCache`: what is
+loaded, what is still to build, and the one pass that builds it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +23,21 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-CACHE_VERSION = 1
+from lit_idpo.errors import UserError
+from lit_idpo.fingerprint import model_fingerprint
+from lit_idpo.storage import atomic_write
+
+# 2: the reference's weights are keyed on lit_idpo.fingerprint.model_fingerprint (1: weight files only).
+CACHE_VERSION = 2
 _META_KEY = "lit_idpo"
-_WEIGHT_PATTERNS = ("config.json", "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.py")
-_HEX = re.compile(r"^[0-9a-f]{40}$|^[0-9a-f]{64}$")
 
 
-class ReferenceCacheError(RuntimeError):
+class ReferenceCacheError(UserError, RuntimeError):
     """A reference cache that cannot be used: unreadable, or built for other data, model or settings."""
 
 
 # --------------------------------------------------------------------------------------------------
-# Fingerprints
+# Pair digests and the key
 # --------------------------------------------------------------------------------------------------
 
 
@@ -87,73 +61,15 @@ def _digest_of(digests: torch.Tensor) -> str:
     return hashlib.sha256(digests.numpy().tobytes()).hexdigest()
 
 
-def _file_sha256(path: Path, memo: Dict[str, dict]) -> str:
-    real = Path(os.path.realpath(path))
-    # Hugging Face Hub cache: snapshots link to blobs named by their content hash.
-    if real.parent.name == "blobs" and _HEX.match(real.name):
-        return "hub-blob:" + real.name
-    stat = real.stat()
-    entry = memo.get(str(real))
-    if entry and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns:
-        return entry["sha256"]
-    h = hashlib.sha256()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(16 << 20), b""):
-            h.update(block)
-    memo[str(real)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": h.hexdigest()}
-    return h.hexdigest()
-
-
-def _state_dict_sha256(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _model_files(source: str, revision: Optional[str]) -> Path:
-    """The local directory holding a model source's files (Hub models: their snapshot in the HF cache)."""
-    from lit_idpo.models import resolve_model_dir
-
-    resolved = resolve_model_dir(source)
-    if Path(resolved).expanduser().is_dir():
-        return Path(resolved).expanduser()
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(resolved, revision=revision, allow_patterns=list(_WEIGHT_PATTERNS)))
-
-
 def reference_fingerprint(source: str, *, dtype: str, revision: Optional[str] = None, seed: int = 0,
                           memo_file: Optional[Path] = None) -> dict:
     """What identifies the reference model's weights: ``{"source", "dtype", "weights"}``.
 
-    ``weights`` is a SHA-256 over the model's files (see the module docstring), or over the state dict
-    of a random tiny model. ``memo_file`` remembers file hashes between runs.
+    ``weights`` is :func:`lit_idpo.fingerprint.model_fingerprint` (a content hash of the model's files,
+    or of a random tiny model's state dict); ``memo_file`` remembers file hashes between runs.
     """
-    from lit_idpo.models import TINY_MODELS, load_model
-
-    if source in TINY_MODELS:
-        model = load_model(source, dtype=dtype, seed=seed)
-        return {"source": source, "dtype": dtype, "weights": "state-dict:" + _state_dict_sha256(model)}
-    directory = _model_files(source, revision)
-    files = sorted({p for pattern in _WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()})
-    if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise ReferenceCacheError(f"reference_cache: cannot fingerprint the reference model {source!r}: no weight files "
-                                  f"(*.safetensors, *.bin) in {directory}.")
-    memo: Dict[str, dict] = {}
-    if memo_file is not None and memo_file.is_file():
-        try:
-            memo = json.loads(memo_file.read_text())
-        except (OSError, ValueError):
-            memo = {}  # only a speed-up: recompute
-    h = hashlib.sha256()
-    for path in files:
-        h.update(f"{path.relative_to(directory)}={_file_sha256(path, memo)};".encode())
-    if memo_file is not None:
-        _atomic_write_text(memo_file, json.dumps(memo, indent=1))
-    return {"source": source, "dtype": dtype, "weights": h.hexdigest()}
+    weights = model_fingerprint(source, revision=revision, seed=seed, memo_file=memo_file)
+    return {"source": source, "dtype": dtype, "weights": weights}
 
 
 @dataclass
@@ -214,33 +130,19 @@ class ReferenceTable:
         return values.t().contiguous().to(batch["input_ids"].device)  # [L', 2B]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
 def split_path(directory: str | Path, split: str) -> Path:
     return Path(directory) / f"{split}.safetensors"
 
 
-def _differences(meta: dict, key: CacheKey, digests: torch.Tensor, stored_digests: torch.Tensor, split: str) -> List[str]:
+def _differences(meta: dict, key: CacheKey, digests: torch.Tensor, stored_digests: torch.Tensor,
+                 split: str) -> List[str]:
     found = []
     if meta.get("version") != CACHE_VERSION:
         found.append(f"cache format version {meta.get('version')} (this lit-idpo writes {CACHE_VERSION})")
     ref, now = meta.get("reference", {}), key.reference
     if ref.get("weights") != now["weights"]:
-        found.append(f"the reference model's weights: cached from {ref.get('source')!r} ({ref.get('weights')}), this run "
-                     f"uses {now['source']!r} ({now['weights']})")
+        found.append(f"the reference model's weights: cached from {ref.get('source')!r} ({ref.get('weights')}), "
+                     f"this run uses {now['source']!r} ({now['weights']})")
     if ref.get("dtype") != now["dtype"]:
         found.append(f"the reference dtype: cached {ref.get('dtype')}, this run {now['dtype']}")
     if meta.get("precision") != key.precision:
@@ -254,10 +156,10 @@ def _differences(meta: dict, key: CacheKey, digests: torch.Tensor, stored_digest
         first = int(differ[0, 0]) if differ.numel() else common
         settings = ""
         if meta.get("tokenisation") != key.tokenisation:
-            settings = (f"; tokenisation settings: cached {json.dumps(meta.get('tokenisation'), sort_keys=True)}, this run "
-                        f"{json.dumps(key.tokenisation, sort_keys=True)}")
-        found.append(f"the {split} data: the cache holds {stored_digests.shape[0]} pairs, this run has {digests.shape[0]}; "
-                     f"the first pair whose token ids differ is pair_index {first}{settings}")
+            settings = (f"; tokenisation settings: cached {json.dumps(meta.get('tokenisation'), sort_keys=True)}, "
+                        f"this run {json.dumps(key.tokenisation, sort_keys=True)}")
+        found.append(f"the {split} data: the cache holds {stored_digests.shape[0]} pairs, this run has "
+                     f"{digests.shape[0]}; the first pair whose token ids differ is pair_index {first}{settings}")
     return found
 
 
@@ -287,8 +189,9 @@ def read_split(directory: str | Path, split: str, key: CacheKey, digests: torch.
     n, num_layers = tensors["pair_digest"].shape[0], len(meta["layers"])
     for name in ("chosen", "rejected"):
         if tuple(tensors[name].shape) != (n, num_layers) or tensors[name].dtype != torch.float32:
-            raise ReferenceCacheError(f"reference_cache: {path}: tensor {name!r} has shape {tuple(tensors[name].shape)} "
-                                      f"and dtype {tensors[name].dtype}, expected ({n}, {num_layers}) float32; delete it.")
+            raise ReferenceCacheError(
+                f"reference_cache: {path}: tensor {name!r} has shape {tuple(tensors[name].shape)} and dtype "
+                f"{tensors[name].dtype}, expected ({n}, {num_layers}) float32; delete it.")
     if not (torch.isfinite(tensors["chosen"]).all() and torch.isfinite(tensors["rejected"]).all()):
         raise ReferenceCacheError(f"reference_cache: {path} holds non-finite log-probs; delete it to rebuild.")
     return ReferenceTable(layers=[int(x) for x in tensors["layers"]], chosen=tensors["chosen"],
@@ -296,7 +199,7 @@ def read_split(directory: str | Path, split: str, key: CacheKey, digests: torch.
 
 
 def write_split(directory: str | Path, split: str, key: CacheKey, digests: torch.Tensor, table: ReferenceTable) -> Path:
-    """Write one split atomically (a temporary file renamed into place)."""
+    """Write one split atomically (:func:`lit_idpo.storage.atomic_write`); return its path."""
     import lightning
     import transformers
     from safetensors.torch import save_file
@@ -308,18 +211,10 @@ def write_split(directory: str | Path, split: str, key: CacheKey, digests: torch
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "lightning": lightning.__version__}}
     path = split_path(directory, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({"chosen": table.chosen.float().contiguous(), "rejected": table.rejected.float().contiguous(),
-                   "layers": torch.tensor(table.layers, dtype=torch.int64), "tokens": table.tokens.contiguous(),
-                   "pair_digest": digests.contiguous()}, tmp, metadata={_META_KEY: json.dumps(meta)})
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the permissions of any other
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    tensors = {"chosen": table.chosen.float().contiguous(), "rejected": table.rejected.float().contiguous(),
+               "layers": torch.tensor(table.layers, dtype=torch.int64), "tokens": table.tokens.contiguous(),
+               "pair_digest": digests.contiguous()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)}))
     return path
 
 
@@ -346,8 +241,11 @@ def score_pairs(score: Callable[[Dict[str, torch.Tensor]], torch.Tensor], pairs,
     """
     from tqdm.auto import tqdm
 
-    order = sorted(range(len(indices)), key=lambda i: -(len(pairs.prompt_ids[indices[i]])
-                                                        + max(len(pairs.chosen_ids[indices[i]]), len(pairs.rejected_ids[indices[i]]))))
+    def length(i: int) -> int:
+        pair = indices[i]
+        return len(pairs.prompt_ids[pair]) + max(len(pairs.chosen_ids[pair]), len(pairs.rejected_ids[pair]))
+
+    order = sorted(range(len(indices)), key=lambda i: -length(i))
     out: Optional[torch.Tensor] = None
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc=description, disable=not show_progress, unit="batch"):
@@ -361,3 +259,141 @@ def score_pairs(score: Callable[[Dict[str, torch.Tensor]], torch.Tensor], pairs,
         out[positions] = torch.stack([values[:, :num].t(), values[:, num:].t()], dim=1)  # [B, 2, L]
     assert out is not None, "score_pairs needs at least one pair"
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# A run's view of the cache directory
+# --------------------------------------------------------------------------------------------------
+
+
+def _split_pairs(datamodule, split: str):
+    return datamodule.train_pairs if split == "train" else getattr(datamodule, "val_pairs", None)
+
+
+class ReferenceCache:
+    """The cache directory as one run uses it: the splits loaded, the splits still to build, and the build.
+
+    Under several processes rank 0 alone reads files and hashes the reference; the outcome is
+    broadcast, so every rank takes the same path (and raises the same error for a stale cache).
+
+    Args:
+        directory: the cache directory (``model.reference_cache``).
+        layers: the layer ids this run reads (row 0 the final layer), 1..num_layers.
+        source, dtype, revision, seed: how the reference model is loaded; its fingerprint is part of the key.
+    """
+
+    def __init__(self, directory: str | Path, layers: Sequence[int], *, source: str, dtype: str,
+                 revision: Optional[str] = None, seed: int = 0):
+        self.directory = Path(directory)
+        self.layers = list(layers)
+        self._reference = dict(source=source, dtype=dtype, revision=revision, seed=seed)
+        #: Cached reference log-probs per split ("train", "val"), loaded or built.
+        self.tables: Dict[str, ReferenceTable] = {}
+        #: Splits whose file is missing: to be built by :meth:`build` (which then needs the live reference).
+        self.pending: List[str] = []
+        self._key: Optional[CacheKey] = None
+        self._digests: Dict[str, tuple] = {}
+
+    def lookup(self, batch: Dict[str, torch.Tensor], split: Optional[str]) -> torch.Tensor:
+        """``[len(layers), 2B]`` cached reference log-prob sums of a ``split`` batch (:meth:`ReferenceTable.lookup`)."""
+        table = self.tables.get(split) if split is not None else None
+        if table is None:
+            raise ReferenceCacheError(
+                f"model.reference_cache is set but no cached reference log-probs are loaded for split={split!r} "
+                f"(loaded: {sorted(self.tables)}); they are loaded by the Trainer (setup/on_fit_start) "
+                f"from the data module's pairs.")
+        return table.lookup(batch["pair_index"], self.layers, batch, split)
+
+    def open(self, trainer, stage: str) -> None:
+        """Load the complete cached splits ``stage`` needs (``fit``: train and val, ``validate``: val) and
+        add the missing ones to :attr:`pending`."""
+        datamodule = trainer.datamodule
+        wanted = (["train"] if stage == "fit" else []) + (["val"] if stage in ("fit", "validate") else [])
+        if not wanted:
+            return
+        if datamodule is None or not hasattr(datamodule, "train_pairs"):
+            raise ReferenceCacheError("model.reference_cache needs the data as a PreferenceDataModule (trainer.fit("
+                                      "model, datamodule=...)): the cache is keyed by its tokenised pairs.")
+        splits = [s for s in wanted if _split_pairs(datamodule, s) is not None
+                  and s not in self.tables and s not in self.pending]
+        if not splits:
+            return
+        strategy = trainer.strategy
+        outcome: object = None
+        failure: Optional[BaseException] = None
+        if strategy.global_rank == 0:
+            try:
+                key = self._make_key(datamodule, str(trainer.precision))
+                tables = {s: read_split(self.directory, s, key, self._pair_digests(datamodule, s)) for s in splits}
+                outcome = ("ok", key, tables)
+            except Exception as error:  # every rank must learn of it, or the others wait at the next collective
+                failure = error
+                outcome = ("error", f"{type(error).__name__}: {error}", None)
+        outcome = strategy.broadcast(outcome, src=0)
+        if outcome[0] == "error":
+            if failure is not None:
+                raise failure
+            raise ReferenceCacheError(f"(raised on rank 0) {outcome[1]}")
+        _, self._key, tables = outcome
+        for split, table in tables.items():
+            if table is None:
+                self.pending.append(split)
+            else:
+                self.tables[split] = table
+        loaded = [s for s in splits if tables[s] is not None]
+        if loaded:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            rank_zero_info(f"lit-idpo: reference log-probs of {', '.join(loaded)} read from {self.directory}; "
+                           f"the reference model is not loaded for them.")
+
+    def build(self, trainer, score: Callable[[Dict[str, torch.Tensor]], torch.Tensor], device: torch.device) -> None:
+        """Score the :attr:`pending` splits with the live reference (each rank a share), gather, and let rank 0
+        write them. ``score(batch)`` returns the reference's ``[len(layers), 2B]`` sums of a batch."""
+        from lightning.pytorch.utilities import rank_zero_info
+
+        strategy, datamodule = trainer.strategy, trainer.datamodule
+        rank, world = strategy.global_rank, strategy.world_size
+        for split in list(self.pending):
+            pairs = _split_pairs(datamodule, split)
+            indices = shard_indices(len(pairs), rank, world)
+            values = score_pairs(score, pairs, datamodule.collator, indices,
+                                 batch_size=getattr(datamodule, "val_batch_size", None) or datamodule.batch_size,
+                                 device=device, show_progress=rank == 0,
+                                 description=f"lit-idpo: reference log-probs ({split}, {len(pairs)} pairs)")
+            index = torch.tensor(indices, dtype=torch.long)
+            if world > 1:
+                values = strategy.all_gather(values.to(device)).cpu().flatten(0, 1)  # [world * n, 2, L]
+                index = strategy.all_gather(index.to(device)).cpu().flatten()  # [world * n]
+            full = torch.empty(len(pairs), *values.shape[1:])  # [N, 2, L]
+            full[index] = values
+            table = ReferenceTable(layers=list(self.layers), chosen=full[:, 0].contiguous(),
+                                   rejected=full[:, 1].contiguous(), tokens=pair_tokens(pairs))
+            problem = None
+            if rank == 0:
+                try:
+                    path = write_split(self.directory, split, self._key, self._pair_digests(datamodule, split), table)
+                    rank_zero_info(f"lit-idpo: wrote the reference log-probs of {split} to {path}")
+                except Exception as error:
+                    problem = f"{type(error).__name__}: {error}"
+            problem = strategy.broadcast(problem, src=0)
+            if problem is not None:
+                raise ReferenceCacheError(f"reference_cache: cannot write {self.directory}: {problem}")
+            self.tables[split] = table
+            self.pending.remove(split)
+
+    def _pair_digests(self, datamodule, split: str) -> torch.Tensor:
+        pairs = _split_pairs(datamodule, split)
+        if self._digests.get(split, (None,))[0] is not pairs:
+            self._digests[split] = (pairs, pair_digests(pairs))
+        return self._digests[split][1]
+
+    def _make_key(self, datamodule, precision: str) -> CacheKey:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        reference = reference_fingerprint(self._reference["source"], dtype=self._reference["dtype"],
+                                          revision=self._reference["revision"], seed=self._reference["seed"],
+                                          memo_file=self.directory / "file_hashes.json")
+        tokenisation = {name: getattr(datamodule, attr, None) for name, attr in (
+            ("tokenizer", "tokenizer_source"), ("source", "source"), ("format", "format"), ("max_length", "max_length"),
+            ("max_prompt_length", "max_prompt_length"))}
+        return CacheKey(reference=reference, precision=precision, layers=list(self.layers), tokenisation=tokenisation)

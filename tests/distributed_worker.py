@@ -15,8 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import torch  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
 
 
 def full_state(module) -> dict:
@@ -37,9 +37,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args()
 
+    from scale_common import LR, PAIRS, LossRecorder, make_module_kwargs
+
     from lit_idpo.data import PreferenceDataModule
     from lit_idpo.module import IntermediateDPO
-    from scale_common import LR, PAIRS, LossRecorder, make_module_kwargs
 
     if args.strategy == "ddp":
         strategy = "ddp"
@@ -48,8 +49,8 @@ def main() -> None:
 
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     pl.seed_everything(0)
-    module = IntermediateDPO(**make_module_kwargs(reference_cache=args.cache, hf_output_dir=os.path.join(args.out, "hf")),
-                             optimizer=lambda params: torch.optim.SGD(params, lr=LR))
+    kwargs = make_module_kwargs(reference_cache=args.cache, hf_output_dir=os.path.join(args.out, "hf"))
+    module = IntermediateDPO(**kwargs, optimizer=lambda params: torch.optim.SGD(params, lr=LR))
     data = PreferenceDataModule(tokenizer="tiny-llama", batch_size=PAIRS // 2, limit_train_pairs=PAIRS,
                                 limit_val_pairs=PAIRS, val_split="test" if args.cache else None)
     recorder = LossRecorder()
@@ -61,9 +62,10 @@ def main() -> None:
     rank = trainer.global_rank
     state = full_state(module)  # a collective under FSDP2: every rank takes part
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump({"losses": [recorder.losses[step] for step in sorted(recorder.losses)], "world_size": trainer.world_size,
-                   "reference_loaded": module.reference is not None,
-                   "cached_splits": sorted(module.reference_tables)}, f)
+        json.dump({"losses": [recorder.losses[step] for step in sorted(recorder.losses)],
+                   "world_size": trainer.world_size,
+                   "reference_loaded": module.reference_network is not None,
+                   "cached_splits": sorted(module.reference.tables)}, f)
     if rank == 0:
         from safetensors.torch import save_file
 

@@ -69,7 +69,8 @@ def test_ddp_two_processes_match_one_process_and_build_the_cache(tmp_path, singl
     _compare(ranks, params, single_process)
     # The reference log-probs were scored half per rank, gathered, written once, and the reference released.
     assert all(r["cached_splits"] == ["train", "val"] and not r["reference_loaded"] for r in ranks)
-    assert sorted(p.name for p in (tmp_path / "cache").glob("*.safetensors")) == ["train.safetensors", "val.safetensors"]
+    written = sorted(p.name for p in (tmp_path / "cache").glob("*.safetensors"))
+    assert written == ["train.safetensors", "val.safetensors"]
 
 
 def test_fsdp2_two_processes_match_one_process(tmp_path, single_process):

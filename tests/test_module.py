@@ -37,7 +37,7 @@ def test_loss_is_intermediate_dpo_of_the_two_models():
     loss, metrics = module.compute_loss(batch)
     args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"], [4, 1, 3])
     pol = sequence_logprobs(module.policy, *args, backend="naive")
-    ref = sequence_logprobs(module.reference, *args, backend="naive")
+    ref = sequence_logprobs(module.reference_network, *args, backend="naive")
     per_layer = preference_loss(pol[:, :2] - ref[:, :2], pol[:, 2:] - ref[:, 2:], beta=0.2).mean(1)
     expected = 0.25 * per_layer[0] + 0.75 * per_layer[1:].mean()
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
@@ -51,7 +51,7 @@ def test_dropout_is_off_and_reference_frozen():
     a, _ = module.compute_loss(batch)
     b, _ = module.compute_loss(batch)
     assert a.item() == b.item()  # no dropout noise in train mode
-    assert not any(p.requires_grad for p in module.reference.parameters())
+    assert not any(p.requires_grad for p in module.reference_network.parameters())
     # A fresh policy equals its reference: every layer's loss is exactly log 2.
     assert a.item() == pytest.approx(math.log(2), abs=1e-6)
 
@@ -108,7 +108,7 @@ def test_overfit_raises_reward_accuracy():
 def test_lora_reference_is_the_adapter_free_policy():
     pytest.importorskip("peft")
     module = IntermediateDPO(model="tiny-llama", layers=[2], lora=LoraOptions(rank=4, alpha=8, dropout=0.0))
-    assert module.reference is None
+    assert module.reference_network is None
     trainable = {n for n, p in module.policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     # Perturb the adapters: the reference must still be the untouched base model.
@@ -116,7 +116,7 @@ def test_lora_reference_is_the_adapter_free_policy():
         for n, p in module.policy.named_parameters():
             if "lora_B" in n:
                 p.add_(0.1 * torch.randn_like(p))
-    base = IntermediateDPO(model="tiny-llama", layers=[2], reference_model=None).reference
+    base = IntermediateDPO(model="tiny-llama", layers=[2], reference_model=None).reference_network
     batch = _batch()
     args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"], [4, 2])
     with torch.no_grad(), module.policy.disable_adapter():

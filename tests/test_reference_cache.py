@@ -26,8 +26,8 @@ def _data(**overrides):
 
 def _fit(tmp_path, cache, steps=3, data_kwargs=None, trainer_kwargs=None, **module_kwargs):
     pl.seed_everything(0)
-    module = IntermediateDPO(**make_module_kwargs(reference_cache=cache, hf_output_dir=str(tmp_path / "hf"), **module_kwargs),
-                             optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
+    kwargs = make_module_kwargs(reference_cache=cache, hf_output_dir=str(tmp_path / "hf"), **module_kwargs)
+    module = IntermediateDPO(**kwargs, optimizer=lambda params: torch.optim.SGD(params, lr=0.5))
     data = _data(**(data_kwargs or {}))
     recorder = LossRecorder()
     options = dict(limit_val_batches=2, val_check_interval=steps)
@@ -58,8 +58,8 @@ def test_cache_matches_the_live_reference_and_is_used_without_it(tmp_path, monke
     real_load = module_lib.load_model
     monkeypatch.setattr(module_lib, "load_model", lambda source, **kw: loaded.append(source) or real_load(source, **kw))
     module, _, reuse_losses, reuse_metrics = _fit(tmp_path, str(cache))
-    assert loaded == ["tiny-llama"] and module.reference is None
-    assert sorted(module.reference_tables) == ["train", "val"]
+    assert loaded == ["tiny-llama"] and module.reference_network is None
+    assert sorted(module.reference.tables) == ["train", "val"]
     for step in live_losses:
         assert reuse_losses[step] == pytest.approx(live_losses[step], abs=1e-6)
     assert float(reuse_metrics["val/loss_total"]) == pytest.approx(build_val, abs=1e-6)
@@ -83,7 +83,8 @@ def test_cache_matches_the_live_reference_and_is_used_without_it(tmp_path, monke
     (dict(layers=[1]), r"the layers: the cache holds \[4, 2\], this run also needs \[1\]"),
     (dict(init_seed=1), r"the reference model's weights"),
     (dict(data_kwargs=dict(limit_train_pairs=5)), r"the cache holds 6 pairs, this run has 5"),
-    (dict(data_kwargs=dict(max_prompt_length=12)), r"first pair whose token ids differ is pair_index 0.*max_prompt_length"),
+    (dict(data_kwargs=dict(max_prompt_length=12)),
+     r"first pair whose token ids differ is pair_index 0.*max_prompt_length"),
     (dict(trainer_kwargs=dict(precision="bf16-mixed")), r"precision: cached under 32-true, this run uses bf16-mixed"),
 ], ids=["layers", "weights", "pair-count", "token-ids", "precision"])
 def test_stale_cache_is_refused_naming_the_difference(tmp_path, built_cache, change, match):
@@ -97,7 +98,7 @@ def test_stale_cache_is_refused_naming_the_difference(tmp_path, built_cache, cha
 def test_a_subset_of_the_cached_layers_is_accepted(tmp_path, built_cache):
     cache, build_losses, _ = built_cache
     module, _, losses, _ = _fit(tmp_path, str(cache), steps=1, layers=[])  # plain DPO: the final layer only
-    assert module.layer_ids == [4] and module.reference is None
+    assert module.layer_ids == [4] and module.reference_network is None
     assert losses[1] == pytest.approx(build_losses[1], abs=1e-6)  # log 2 at the first step, as the cache says
 
 
@@ -122,7 +123,7 @@ def test_cache_needs_a_preference_data_module(tmp_path):
 
 def test_lookup_refuses_a_batch_from_other_data(tmp_path, built_cache):
     module, data, _, _ = _fit(tmp_path, str(built_cache[0]), steps=1)
-    table = module.reference_tables["train"]
+    table = module.reference.tables["train"]
     batch = data.collator([data.train_pairs[0], data.train_pairs[1]])
     assert table.lookup(batch["pair_index"], [4, 2], batch, "train").shape == (2, 4)
     batch["pair_index"] = torch.tensor([1, 0])  # the same rows under swapped indices (their lengths differ)
@@ -141,7 +142,7 @@ def test_ipo_length_averaging_is_applied_to_cached_sums(tmp_path, built_cache):
             p_live.add_(0.05 * torch.randn_like(p_live))
             p_cached.copy_(p_live)
     reader = _fit(tmp_path, str(cache), steps=1)[0]  # a module whose tables were read through a Trainer
-    cached.reference_tables = reader.reference_tables
+    cached.reference.tables.update(reader.reference.tables)
     data = _data()
     data.setup("fit")
     batch = data.collator([data.train_pairs[i] for i in (3, 0, 5)])

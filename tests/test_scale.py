@@ -204,7 +204,7 @@ def test_checkpoints_load_without_unpickling_code(tmp_path):
     assert raw["hyper_parameters"]["lora"] == {"rank": 2, "alpha": 4, "dropout": 0.0,
                                                 "target_modules": ["q_proj", "v_proj"], "save_merged": False}
     restored = IntermediateDPO.load_from_checkpoint(path, weights_only=True)
-    assert restored.uses_lora and restored.reference is None
+    assert restored.uses_lora and restored.reference_network is None
     trained = dict(module.policy.named_parameters())
     adapters = [n for n, _ in restored.policy.named_parameters() if "lora_B" in n]
     assert adapters and all(trained[n].abs().max() > 0 for n in adapters)  # lora_B starts at 0: it was trained
