@@ -22,10 +22,13 @@ the same for all layers, so each weight tile is streamed once for all of them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from .precision import accumulation_dtype, active_autocast_dtype, autocast_cast, autocast_off
 
 BACKENDS = ("auto", "naive", "torch", "triton")
 
@@ -64,14 +67,15 @@ class LinearLogprobsOptions:
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
     """Tensor checks (the options check themselves in LinearLogprobsOptions.__post_init__)."""
-    if not isinstance(hidden, torch.Tensor) or not isinstance(weight, torch.Tensor) or not isinstance(targets, torch.Tensor):
+    if not all(isinstance(x, torch.Tensor) for x in (hidden, weight, targets)):
         raise ValueError("linear_logprobs: hidden, weight and targets must all be torch.Tensor.")
     if not hidden.is_floating_point():
         raise ValueError(f"linear_logprobs: hidden must be a floating-point tensor, got dtype {hidden.dtype}.")
     if not weight.is_floating_point():
         raise ValueError(f"linear_logprobs: weight must be a floating-point tensor, got dtype {weight.dtype}.")
     if weight.dim() != 2:
-        raise ValueError(f"linear_logprobs: weight must be [V, d] (an LM head without bias), got shape {tuple(weight.shape)}.")
+        raise ValueError(
+            f"linear_logprobs: weight must be [V, d] (an LM head without bias), got shape {tuple(weight.shape)}.")
     if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
         raise ValueError(
             f"linear_logprobs: hidden's last dimension ({tuple(hidden.shape)}) must equal weight's hidden size "
@@ -99,8 +103,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 
 def naive_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Eager reference: materialises the ``[N, V]`` logits. ``hidden [N, d]``, ``targets [N]`` valid."""
-    acc_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    logits = (hidden @ weight.t()).to(acc_dtype)  # [N, V]
+    logits = (hidden @ weight.t()).to(accumulation_dtype(hidden.dtype))  # [N, V]
     return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
 
 
@@ -125,45 +128,86 @@ def _dispatch(backend: str, hidden: torch.Tensor, weight: torch.Tensor, targets:
     return triton_linear_logprobs(hidden, weight, targets, options)
 
 
+# The keyword options linear_logprobs took before LinearLogprobsOptions became the one way to pass
+# options; accepted for one more release, folded into the options object.
+_DEPRECATED_KEYWORDS = ("ignore_index", "backend")
+_DEFAULT_OPTIONS = LinearLogprobsOptions()
+
+
+def _resolve_options(options: Optional[LinearLogprobsOptions], keywords: dict) -> LinearLogprobsOptions:
+    """The one options object: ``options``, or the deprecated keywords folded into one (never both disagreeing)."""
+    unknown = sorted(set(keywords) - set(_DEPRECATED_KEYWORDS))
+    if unknown:
+        raise TypeError(f"linear_logprobs() got an unexpected keyword argument {unknown[0]!r}; options are passed "
+                        f"as options=LinearLogprobsOptions(...).")
+    if options is not None and not isinstance(options, LinearLogprobsOptions):
+        raise TypeError(
+            f"linear_logprobs: options must be a LinearLogprobsOptions or None, got {type(options).__name__}.")
+    if not keywords:
+        return _DEFAULT_OPTIONS if options is None else options
+    given = ", ".join(f"{k}={v!r}" for k, v in keywords.items())
+    warnings.warn(f"linear_logprobs({given}) is deprecated and will be removed in the next release; pass "
+                  f"options=LinearLogprobsOptions({given}) instead.", DeprecationWarning, stacklevel=3)
+    if options is None:
+        return LinearLogprobsOptions(**keywords)
+    conflicts = {k: v for k, v in keywords.items() if getattr(options, k) != v}
+    if conflicts:
+        detail = ", ".join(f"{k}={v!r} but options.{k}={getattr(options, k)!r}" for k, v in conflicts.items())
+        raise TypeError(f"linear_logprobs: conflicting options ({detail}); pass them once, in options= only.")
+    return options
+
+
 def linear_logprobs(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
     *,
-    ignore_index: int = -100,
-    backend: str = "auto",
     options: Optional[LinearLogprobsOptions] = None,
+    **deprecated_keywords,
 ) -> torch.Tensor:
     """Log-probability of each target token under ``log_softmax(hidden @ weight.T)``, fused.
 
     Args:
         hidden: ``[..., d]`` hidden states (float64, float32, bfloat16 or float16).
         weight: ``[V, d]`` LM-head weight (no bias). Either input may be frozen.
-        targets: ``[...]`` int64 token ids, same leading shape as ``hidden``; ``ignore_index`` skips a row.
-        ignore_index: target value whose row yields exactly 0 and receives no gradient.
-        backend: ``"auto"`` (triton on CUDA, torch elsewhere), ``"naive"``, ``"torch"`` or ``"triton"``.
-        options: full :class:`LinearLogprobsOptions`; when given, its ``ignore_index`` and ``backend``
-            are used instead of the keyword arguments.
+        targets: ``[...]`` int64 token ids, same leading shape as ``hidden``; ``options.ignore_index``
+            skips a row (it yields exactly 0 and receives no gradient).
+        options: :class:`LinearLogprobsOptions` (backend, ignore_index, chunk_rows, validate_targets);
+            None for the defaults. The keywords ``ignore_index=`` and ``backend=`` of earlier releases
+            are still accepted, with a DeprecationWarning; given together with ``options`` they must
+            agree with it (TypeError otherwise).
+
+    Precision (:mod:`lit_idpo.kernels.precision`): float64 inputs give float64; anything else
+    accumulates in and returns float32. Mixed dtypes compute in the wider one. Under
+    ``torch.autocast`` the inputs (except float64) are cast to the autocast dtype and the kernels run
+    with autocast off, forward and backward, exactly as in mixed-precision training.
 
     Returns:
-        ``[...]`` log-probs: float64 for float64 inputs, float32 otherwise (low-precision inputs are
-        accumulated in float32). Differentiable with respect to ``hidden`` and ``weight``.
+        ``[...]`` log-probs, differentiable with respect to ``hidden`` and ``weight``.
 
     Raises:
         ValueError: for a target outside ``[0, V)`` other than ``ignore_index``, mismatched shapes or
             devices, a non-floating ``hidden`` or ``weight``, or an unknown backend.
+        TypeError: for an unknown keyword, or deprecated keywords that contradict ``options``.
     """
-    if options is None:
-        options = LinearLogprobsOptions(ignore_index=ignore_index, backend=backend)
+    options = _resolve_options(options, deprecated_keywords)
     _check_inputs(hidden, weight, targets)
-    backend = _resolve_backend(options.backend, hidden.device)
+    device_type = hidden.device.type
+    autocast_dtype = active_autocast_dtype(device_type)
+    with autocast_off(device_type):
+        hidden, weight = autocast_cast(hidden, autocast_dtype), autocast_cast(weight, autocast_dtype)
+        return _linear_logprobs(hidden, weight, targets, options)
 
-    # Mixed dtypes (e.g. bf16 activations under autocast against an fp32 master weight): compute in
-    # the wider one rather than silently narrowing either input.
+
+def _linear_logprobs(hidden, weight, targets, options: LinearLogprobsOptions) -> torch.Tensor:
+    """The op after validation and autocast: flatten, drop ignored rows, dispatch."""
+    backend = _resolve_backend(options.backend, hidden.device)
+    # Mixed dtypes (e.g. bf16 activations against an fp32 master weight, outside autocast): compute
+    # in the wider one rather than silently narrowing either input.
     if hidden.dtype != weight.dtype:
         common = torch.promote_types(hidden.dtype, weight.dtype)
         hidden, weight = hidden.to(common), weight.to(common)
-    out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    out_dtype = accumulation_dtype(hidden.dtype)
 
     lead_shape = targets.shape
     vocab = weight.shape[0]

@@ -63,16 +63,13 @@ from typing import Optional, Tuple
 import torch
 from torch.autograd.function import once_differentiable
 
+from .precision import accumulation_dtype, autocast_off_in_backward
+
 # Default tile budget: rows per chunk = this many bytes / (V * bytes per accumulation element), in
 # whole multiples of 64 rows, clamped to [_MIN_CHUNK_ROWS, _MAX_CHUNK_ROWS]. See default_chunk_rows.
 _TILE_BYTES = 96 * 2**20
 _MIN_CHUNK_ROWS = 128
 _MAX_CHUNK_ROWS = 1024
-
-
-def acc_dtype_for(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation (and output) dtype: float64 stays float64, everything else accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def default_chunk_rows(n_rows: int, vocab: int, acc_dtype: torch.dtype = torch.float32) -> int:
@@ -144,7 +141,7 @@ def _chunked_forward(
     """Returns ``(logprobs [N], lse [N], dlogp_dh [N, d] or None)``, all in the accumulation dtype."""
     n, d = hidden.shape
     vocab = weight.shape[0]
-    acc = acc_dtype_for(hidden.dtype)
+    acc = accumulation_dtype(hidden.dtype)
     tiles = _Tiles(min(chunk_rows, n), vocab, hidden.dtype, acc, hidden.device)
     out = torch.empty(n, dtype=acc, device=hidden.device)  # [N]
     lse = torch.empty(n, dtype=acc, device=hidden.device)  # [N]
@@ -189,6 +186,7 @@ class _LinearLogprobsFunction(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @autocast_off_in_backward
     def backward(ctx, grad_out):  # grad_out [N]
         if ctx.precompute:
             (dlogp_dh,) = ctx.saved_tensors
@@ -235,7 +233,7 @@ def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     Returns float32 (float64 for float64 inputs), differentiable with respect to both tensors.
     """
     n = hidden.shape[0]
-    acc = acc_dtype_for(hidden.dtype)
+    acc = accumulation_dtype(hidden.dtype)
     chunk_rows = options.chunk_rows
     if chunk_rows is None:  # (a given value was checked by LinearLogprobsOptions)
         chunk_rows = default_chunk_rows(n, weight.shape[0], acc)

@@ -88,6 +88,8 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from triton.runtime.errors import OutOfResources
 
+from .precision import accumulation_dtype, autocast_off_in_backward
+
 # --------------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------------
@@ -345,7 +347,7 @@ def _launch(kind: str, launch_fn, n_rows: int, vocab: int, dim: int, dtype: torc
 
 
 def _kernel_flags(dtype: torch.dtype, device: torch.device) -> dict:
-    acc = tl.float64 if dtype == torch.float64 else tl.float32
+    acc = tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
     tf32 = dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
     return dict(ACC=acc, PREC="tf32" if tf32 else "ieee", UPCAST=_interpreting(device) and dtype == torch.bfloat16)
 
@@ -362,7 +364,7 @@ def _forward(
     """Returns logprob, row max m and log s (sum-exp below m), each [N] float32 (float64 for float64)."""
     n_rows, dim = hidden.shape
     vocab = weight.shape[0]
-    acc_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulation_dtype(hidden.dtype)
     flags = _kernel_flags(hidden.dtype, hidden.device)
 
     def launch(tiles: _Tiles):
@@ -441,6 +443,7 @@ class _TritonLinearLogprobs(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @autocast_off_in_backward
     def backward(ctx, grad_out: torch.Tensor):
         hidden, weight, targets, row_max, log_sum = ctx.saved_tensors
         need_gh, need_gw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

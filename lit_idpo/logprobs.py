@@ -72,7 +72,8 @@ def find_head_path(model: nn.Module) -> HeadPath:
     backbone = getattr(model, "base_model", None)
     if backbone is None or backbone is model:
         raise ValueError(f"sequence_logprobs: cannot find the decoder backbone of {name} (no base_model).")
-    final_norm = next((getattr(backbone, n) for n in _FINAL_NORM_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
+    final_norm = next(
+        (getattr(backbone, n) for n in _FINAL_NORM_NAMES if isinstance(getattr(backbone, n, None), nn.Module)), None)
     if final_norm is None:
         raise ValueError(
             f"sequence_logprobs: cannot find the final norm of {name} (looked for {', '.join(_FINAL_NORM_NAMES)} on "
@@ -80,8 +81,9 @@ def find_head_path(model: nn.Module) -> HeadPath:
         )
     lm_head = model.get_output_embeddings()
     if hasattr(lm_head, "base_layer"):
-        raise ValueError(f"sequence_logprobs: the LM head of {name} carries peft adapters; the fused head reads its base "
-                         f"weight only, so the adapters would be ignored. Leave lm_head out of the LoRA target modules.")
+        raise ValueError(
+            f"sequence_logprobs: the LM head of {name} carries peft adapters; the fused head reads its base weight "
+            f"only, so the adapters would be ignored. Leave lm_head out of the LoRA target modules.")
     if lm_head is None or not isinstance(getattr(lm_head, "weight", None), torch.Tensor) or lm_head.weight.dim() != 2:
         raise ValueError(f"sequence_logprobs: cannot find the LM head (output embeddings) of {name}.")
     if getattr(lm_head, "bias", None) is not None:
@@ -136,23 +138,12 @@ def _head_module(lm_head: nn.Module) -> nn.Module:
     return getattr(lm_head, "_fsdp_wrapped_module", lm_head)
 
 
-def _head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, backend: str) -> torch.Tensor:
-    """linear_logprobs with autocast's semantics for a linear layer: under autocast (Lightning's
-    ``*-mixed`` precision) the head runs on inputs cast to the autocast dtype, i.e. the kernels'
-    low-precision path (bf16/fp16 matmuls, float32 logsumexp), with autocast itself turned off inside so
-    that the kernels alone decide what runs in which precision. Gradients flow back through the casts."""
-    device_type = hidden.device.type
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        with torch.autocast(device_type, enabled=False):
-            return linear_logprobs(hidden.to(dtype), weight.to(dtype), targets, options=LinearLogprobsOptions(backend=backend))
-    return linear_logprobs(hidden, weight, targets, options=LinearLogprobsOptions(backend=backend))
-
-
 def _verify_head_path_once(model: nn.Module, path: HeadPath) -> None:
     """For an unverified architecture, check once that lm_head(hidden_states[-1]) equals its logits."""
     base = _unwrap(model)
-    if getattr(base, "_lit_idpo_head_verified", False) or getattr(base.config, "model_type", None) in _VERIFIED_MODEL_TYPES:
+    if getattr(base, "_lit_idpo_head_verified", False):
+        return
+    if getattr(base.config, "model_type", None) in _VERIFIED_MODEL_TYPES:
         return
     probe = torch.arange(1, 5, device=path.lm_head.weight.device).unsqueeze(0) % path.lm_head.weight.shape[0]  # [1, 4]
     with torch.no_grad():
@@ -204,6 +195,7 @@ def sequence_logprobs(
     if (completion & ~attention_mask.bool()).any():
         raise ValueError("sequence_logprobs: completion_mask marks padding (attention_mask is 0 there).")
 
+    options = LinearLogprobsOptions(backend=backend)
     path = find_head_path(model)
     layer_ids = resolve_layers(list(layers), path.num_layers)
     _verify_head_path_once(model, path)
@@ -228,8 +220,9 @@ def sequence_logprobs(
         stacked = torch.stack(rows)  # [layers, n, d]
         layer_targets = targets.unsqueeze(0).expand(len(layer_ids), -1)  # [layers, n]
         head = _head_module(path.lm_head)
+        # Under autocast (Lightning's *-mixed precision) the op itself casts to the autocast dtype.
         token_logprobs = call_as_forward(
-            path.lm_head, lambda: _head_logprobs(stacked, head.weight, layer_targets, backend))  # [layers, n]
+            path.lm_head, lambda: linear_logprobs(stacked, head.weight, layer_targets, options=options))  # [layers, n]
 
         sums = token_logprobs.new_zeros(len(layer_ids), input_ids.shape[0])  # [layers, B]
         return sums.index_add(1, batch_index, token_logprobs)

@@ -22,6 +22,7 @@ from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
 from lit_idpo.kernels.triton_fused import triton_linear_logprobs
 
 OPTS = LinearLogprobsOptions(backend="triton")
+NAIVE = LinearLogprobsOptions(backend="naive")
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -60,7 +61,7 @@ def _run(fn, hidden, weight, targets, upstream, need_h=True, need_w=True):
 
 
 def _public(h, w, t):
-    return linear_logprobs(h, w, t, backend="triton")
+    return linear_logprobs(h, w, t, options=OPTS)
 
 
 def _direct(h, w, t):
@@ -211,7 +212,7 @@ def _assert_no_worse(fused, eager, truth, eps):
 def _no_worse_than_eager(hidden, weight, targets, upstream, fused_fn):
     truth = _truth(hidden, weight, targets, upstream)
     fused = _run(fused_fn, hidden, weight, targets, upstream)
-    eager = _run(lambda h, w, t: linear_logprobs(h, w, t, backend="naive"), hidden, weight, targets, upstream)
+    eager = _run(lambda h, w, t: linear_logprobs(h, w, t, options=NAIVE), hidden, weight, targets, upstream)
     out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     assert fused[0].dtype == out_dtype
     assert fused[1].dtype == fused[2].dtype == hidden.dtype
@@ -247,7 +248,7 @@ def test_ignore_index_and_batch_dims():
 
     h = hidden3.clone().requires_grad_()
     w = weight.clone().requires_grad_()
-    value = linear_logprobs(h, w, targets2, ignore_index=-100, backend="triton")  # [B, T]
+    value = linear_logprobs(h, w, targets2, options=LinearLogprobsOptions(backend="triton", ignore_index=-100))  # [B, T]
     value.backward(upstream2)
     assert value.shape == (b, t) and value.dtype == torch.float64
 
@@ -291,7 +292,7 @@ def test_never_allocates_rows_by_vocab(backend):
     hidden, weight, targets, upstream = _inputs(n, d, v, dtype=torch.float32, seed=7)
     h, w = hidden.requires_grad_(), weight.requires_grad_()
     with _LargestTensor() as mode:
-        value = linear_logprobs(h, w, targets, backend=backend)
+        value = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(backend=backend))
         value.backward(upstream.float())
     if backend == "naive":
         assert mode.largest >= n * v * 4  # the probe does see a materialised float32 [N, V]
@@ -319,7 +320,7 @@ def test_cuda_bf16_realistic_no_worse_than_eager():
     truth = (ref.detach().double(), ref_h.double(), ref_w.double())
     del h32, w32, ref, ref_h, ref_w
     fused = _run(_public, hidden, weight, targets, upstream)
-    eager = _run(lambda h, w, t: linear_logprobs(h, w, t, backend="naive"), hidden, weight, targets, upstream)
+    eager = _run(lambda h, w, t: linear_logprobs(h, w, t, options=NAIVE), hidden, weight, targets, upstream)
     _assert_no_worse(fused, eager, truth, torch.finfo(torch.bfloat16).eps)
 
 
@@ -354,7 +355,7 @@ def test_cuda_peak_memory_far_below_logits():
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    value = linear_logprobs(h, w, targets, backend="triton")
+    value = linear_logprobs(h, w, targets, options=OPTS)
     value.backward(upstream.float())
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base

@@ -13,8 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
-from lit_idpo.kernels import torch_chunked
+from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs, torch_chunked
 
 BACKENDS = ["naive", "torch"]
 FROZEN = ["none", "weight", "hidden"]  # which input does NOT require grad
@@ -146,7 +145,8 @@ def test_huge_logits_stay_finite(backend):
 def test_no_grad_forward(backend):
     hidden, weight, targets, _ = make_inputs((6,), 5, 21, dtype=torch.float32)
     with torch.no_grad():
-        out = linear_logprobs(hidden.requires_grad_(), weight.requires_grad_(), targets, backend=backend)
+        out = linear_logprobs(hidden.requires_grad_(), weight.requires_grad_(), targets,
+                              options=LinearLogprobsOptions(backend=backend))
     assert out.grad_fn is None and out.dtype == torch.float32
     ref = truth(hidden, weight, targets, torch.zeros(6))[0]
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -185,7 +185,7 @@ def test_mixed_dtypes_promote():
     hidden, weight, targets, grad_out = make_inputs((5,), 8, 30)
     h = hidden.to(torch.bfloat16).requires_grad_()
     w = weight.float().requires_grad_()
-    out = linear_logprobs(h, w, targets, backend="torch")
+    out = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(backend="torch"))
     out.backward(grad_out.float())
     assert out.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
     ref = truth(h.detach(), weight, targets, grad_out)[0]
@@ -266,7 +266,8 @@ def test_all_rows_ignored(backend):
 def test_empty_input(backend):
     hidden = torch.randn(2, 0, 4, requires_grad=True)
     weight = torch.randn(9, 4, requires_grad=True)
-    out = linear_logprobs(hidden, weight, torch.zeros(2, 0, dtype=torch.long), backend=backend)
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    out = linear_logprobs(hidden, weight, empty, options=LinearLogprobsOptions(backend=backend))
     assert out.shape == (2, 0) and out.dtype == torch.float32
 
 
@@ -296,20 +297,23 @@ def _args(**over):
 def test_target_out_of_range_names_the_row(backend):
     targets = torch.tensor([[1, 2, 3], [4, 10, 5]])
     with pytest.raises(ValueError, match=r"V=10\).*flat row 4 has target 10"):
-        linear_logprobs(**_args(targets=targets), backend=backend)
+        linear_logprobs(**_args(targets=targets), options=LinearLogprobsOptions(backend=backend))
     targets = torch.tensor([[1, -1, 3], [4, 0, 5]])  # negative, and not ignore_index
     with pytest.raises(ValueError, match=r"flat row 1 has target -1"):
-        linear_logprobs(**_args(targets=targets), backend=backend)
+        linear_logprobs(**_args(targets=targets), options=LinearLogprobsOptions(backend=backend))
 
 
 @pytest.mark.parametrize(
     "over,match",
     [
-        (dict(hidden=torch.randn(2, 3, 5)), r"hidden's last dimension \(\(2, 3, 5\)\) must equal weight's hidden size d=4"),
-        (dict(targets=torch.zeros(3, 2, dtype=torch.long)), r"targets shape \(3, 2\) must equal hidden's leading shape \(2, 3\)"),
+        (dict(hidden=torch.randn(2, 3, 5)),
+         r"hidden's last dimension \(\(2, 3, 5\)\) must equal weight's hidden size d=4"),
+        (dict(targets=torch.zeros(3, 2, dtype=torch.long)),
+         r"targets shape \(3, 2\) must equal hidden's leading shape \(2, 3\)"),
         (dict(weight=torch.randn(10, 4, 1)), r"weight must be \[V, d\].*got shape \(10, 4, 1\)"),
         (dict(weight=torch.randn(10)), r"weight must be \[V, d\]"),
-        (dict(hidden=torch.ones(2, 3, 4, dtype=torch.long)), r"hidden must be a floating-point tensor, got dtype torch.int64"),
+        (dict(hidden=torch.ones(2, 3, 4, dtype=torch.long)),
+         r"hidden must be a floating-point tensor, got dtype torch.int64"),
         (dict(weight=torch.ones(10, 4, dtype=torch.int32)), r"weight must be a floating-point tensor"),
         (dict(targets=torch.zeros(2, 3)), r"targets must be an integer tensor \(int64\), got dtype torch.float32"),
         (dict(targets=[[0, 1, 2], [3, 4, 5]]), r"must all be torch.Tensor"),
@@ -323,8 +327,11 @@ def test_bad_input_raises(over, match):
 
 
 def test_unknown_backend():
-    with pytest.raises(ValueError, match=r"unknown backend='cuda'; choose one of \('auto', 'naive', 'torch', 'triton'\)"):
-        linear_logprobs(**_args(), backend="cuda")
+    choices = r"\('auto', 'naive', 'torch', 'triton'\)"
+    with pytest.raises(ValueError, match=rf"unknown backend='cuda'; choose one of {choices}"):
+        LinearLogprobsOptions(backend="cuda")
+    with pytest.raises(ValueError, match=r"unknown backend='cuda'"), pytest.warns(DeprecationWarning):
+        linear_logprobs(**_args(), backend="cuda")  # the deprecated keyword is checked the same way
 
 
 @pytest.mark.parametrize("backend", ["torch", "naive"])
@@ -344,4 +351,79 @@ def test_bad_options_are_refused_at_construction(options):
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match=r"needs the Triton interpreter; set TRITON_INTERPRET=1"):
-        linear_logprobs(**_args(), backend="triton")
+        linear_logprobs(**_args(), options=LinearLogprobsOptions(backend="triton"))
+
+
+# ------------------------------------------------------------------------------------------- options
+def test_deprecated_keywords_fold_into_the_options_with_a_warning():
+    args = _args()
+    want = linear_logprobs(**args, options=LinearLogprobsOptions(backend="naive", ignore_index=3))
+    with pytest.warns(DeprecationWarning, match=r"options=LinearLogprobsOptions\(backend='naive', ignore_index=3\)"):
+        got = linear_logprobs(**args, backend="naive", ignore_index=3)
+    assert torch.equal(got, want)
+    assert (got[args["targets"] == 3] == 0).all() and (got[args["targets"] != 3] < 0).all()
+    with pytest.warns(DeprecationWarning):  # both, agreeing: accepted
+        same = linear_logprobs(**args, backend="naive", options=LinearLogprobsOptions(backend="naive", ignore_index=3))
+    assert torch.equal(same, want)
+
+
+def test_keywords_that_contradict_the_options_are_refused():
+    # Never a silent override: the keyword and the options object disagree, so neither wins.
+    with pytest.raises(TypeError, match=r"conflicting options \(backend='torch' but options.backend='naive'\)"):
+        linear_logprobs(**_args(), backend="torch", options=LinearLogprobsOptions(backend="naive"))
+    with pytest.raises(TypeError, match=r"ignore_index=-1 but options.ignore_index=-100"):
+        linear_logprobs(**_args(), ignore_index=-1, options=LinearLogprobsOptions())
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(chunk_rows=4), r"unexpected keyword argument 'chunk_rows'; options are passed as options="),
+    (dict(options=dict(backend="torch")), r"options must be a LinearLogprobsOptions or None, got dict"),
+])
+def test_unknown_keyword_or_options_type_is_refused(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        linear_logprobs(**_args(), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ autocast
+def _autocast_run(hidden, weight, targets, grad_out, frozen, options, autocast):
+    h = hidden.detach().clone().requires_grad_(frozen != "hidden")
+    w = weight.detach().clone().requires_grad_(frozen != "weight")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = linear_logprobs(h, w, targets, options=options)
+        out.backward(grad_out.to(out.dtype))  # backward inside the autocast region too
+    return out.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("frozen", FROZEN)
+def test_autocast_casts_inside_the_op(backend, frozen):
+    # Under CPU bf16 autocast the op itself casts its float32 inputs to bf16 and runs its kernels with
+    # autocast off, forward and backward: exactly the numbers of the op on bf16 inputs without autocast
+    # (what mixed-precision training computes), with gradients in the inputs' own dtype.
+    hidden, weight, targets, grad_out = make_inputs((4, 6), 16, 90, dtype=torch.float32, seed=2, scale=2.0)
+    options = LinearLogprobsOptions(backend=backend, chunk_rows=5)
+    got = _autocast_run(hidden, weight, targets, grad_out, frozen, options, autocast=True)
+    low = _autocast_run(hidden.bfloat16(), weight.bfloat16(), targets, grad_out, frozen, options, autocast=False)
+    full = _autocast_run(hidden, weight, targets, grad_out, frozen, options, autocast=False)
+    assert got[0].dtype == torch.float32
+    assert torch.equal(got[0], low[0])
+    for g, g_low in zip(got[1:], low[1:]):
+        assert (g is None) == (g_low is None)
+        if g is not None:
+            assert g.dtype == torch.float32 and torch.equal(g, g_low.float())
+    # The bf16 path was really taken (float32 would be ~1e-6 from the truth), and is right to bf16 accuracy.
+    ref = truth(hidden, weight, targets, grad_out)[0]
+    assert max_err(got[0], full[0]) > 1e-4
+    torch.testing.assert_close(got[0].double(), ref, rtol=0, atol=0.05)
+
+
+def test_autocast_follows_autocasts_rules_for_mixed_and_float64_inputs():
+    hidden, weight, targets, _ = make_inputs((7,), 8, 40, dtype=torch.float64, seed=3, scale=2.0)
+    naive = LinearLogprobsOptions(backend="naive")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        # bf16 activations, fp32 weight: both bf16 (outside autocast they would promote to fp32).
+        mixed = linear_logprobs(hidden.bfloat16(), weight.float(), targets, options=naive)
+        # float64 is never cast by autocast, so neither is it here.
+        wide = linear_logprobs(hidden, weight, targets, options=naive)
+    assert torch.equal(mixed, linear_logprobs(hidden.bfloat16(), weight.bfloat16(), targets, options=naive))
+    assert wide.dtype == torch.float64 and torch.equal(wide, linear_logprobs(hidden, weight, targets, options=naive))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
 from lit_idpo.logprobs import find_head_path, resolve_layers, sequence_logprobs
 from lit_idpo.models import load_model
 
@@ -85,7 +86,8 @@ def test_gradients_flow_to_intermediate_layers_only_below_them():
     assert blocks[3].mlp.down_proj.weight.grad is None or blocks[3].mlp.down_proj.weight.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("layers, match", [([0], "out of range"), ([5], "out of range"), ([-5], "out of range"), ([], "empty")])
+@pytest.mark.parametrize("layers, match",
+                         [([0], "out of range"), ([5], "out of range"), ([-5], "out of range"), ([], "empty")])
 def test_bad_layers(layers, match):
     model = load_model("tiny-llama")
     g = torch.Generator().manual_seed(0)
@@ -115,3 +117,34 @@ def test_logit_softcapping_is_refused():
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(ValueError, match="LlamaForCausalLM.*final_logit_softcapping"):
         find_head_path(model)
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_direct_call_under_autocast_gives_trainings_numbers(backend):
+    # Mixed precision as Lightning's bf16-mixed runs it on CPU: the backbone and the head under
+    # torch.autocast. A direct linear_logprobs call on the same rows, under the same autocast, must
+    # give exactly what sequence_logprobs computes, because the autocast policy lives in the op.
+    model = load_model("tiny-llama", seed=4).eval()
+    g = torch.Generator().manual_seed(5)
+    ids, attn, comp = _batch(model.config.vocab_size, g)  # right-padded: positions are 0..T-1
+    layers = [2, -1]
+    path = find_head_path(model)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = sequence_logprobs(model, ids, attn, comp, layers, backend=backend)
+        hidden_states = path.backbone(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states
+        batch_index, position = comp[:, 1:].bool().nonzero(as_tuple=True)
+        targets = ids[:, 1:][batch_index, position]
+        direct = []
+        for layer in resolve_layers(layers, path.num_layers):
+            rows = hidden_states[layer][:, :-1][batch_index, position]
+            rows = rows if layer == path.num_layers else path.final_norm(rows)
+            token = linear_logprobs(rows, path.lm_head.weight, targets, options=LinearLogprobsOptions(backend=backend))
+            direct.append(token.new_zeros(ids.shape[0]).index_add(0, batch_index, token))
+    assert trained.dtype == torch.float32
+    torch.testing.assert_close(trained, torch.stack(direct), rtol=0, atol=0)
+    # Both are the bf16 computation, within bf16 accuracy of the float64 truth (and not float32-exact).
+    want = _reference(model, ids, attn, comp, layers)
+    with torch.no_grad():
+        full = sequence_logprobs(model, ids, attn, comp, layers, backend=backend)
+    torch.testing.assert_close(trained.double(), want, rtol=0.02, atol=0.05)
+    assert (trained - full).abs().max() > 1e-4
