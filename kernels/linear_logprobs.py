@@ -1,23 +1,13 @@
 """Per-token log-probabilities through an LM head, without materialising the logits.
 
     logprob[r] = log_softmax(hidden[r] @ weight.T)[targets[r]]
-               = hidden[r] . weight[targets[r]] - logsumexp_v(hidden[r] . weight[v])
 
-This file is the user-facing layer of a three-layer split (kernels -> autograd Function -> this):
-it validates the input, flattens leading dimensions, drops rows whose target is ``ignore_index``
-(so no backend ever spends a vocabulary pass on them), reconciles dtypes, and dispatches to one of
-the backends:
-
-- ``naive``  eager PyTorch, materialises ``[rows, V]`` logits; the reference every other backend is
-             tested against (besides float64 truths computed in the tests themselves).
-- ``torch``  chunked PyTorch with a custom autograd Function that recomputes logits in backward;
-             the CPU path (``kernels/torch_chunked.py``).
-- ``triton`` the fused Triton kernels (``kernels/triton_fused.py``); on CPU tensors only under the
-             Triton interpreter (``TRITON_INTERPRET=1``), which is how the tests run them.
-- ``auto``   ``triton`` for CUDA tensors, ``torch`` otherwise.
-
-Rows of every selected layer of a batch are meant to be stacked into ONE call: the LM-head weight is
-the same for all layers, so each weight tile is streamed once for all of them.
+The user-facing layer over the backends: it validates the input, flattens leading dimensions, drops
+``ignore_index`` rows, applies the precision policy (:mod:`.precision`: autocast, accumulation dtype)
+and dispatches to ``naive`` (eager reference, materialises ``[rows, V]``), ``torch`` (chunked, the CPU
+path), ``triton`` (fused; CPU only under ``TRITON_INTERPRET=1``) or ``auto`` (triton on CUDA, torch
+elsewhere). Stack the rows of every layer of a batch into one call: the weight is streamed once.
+Design notes: docs/kernels.md.
 """
 
 from __future__ import annotations

@@ -1,59 +1,13 @@
 """The ``torch`` backend of :func:`linear_logprobs`: chunked PyTorch, the CPU path.
 
-Math (one row r; h = hidden[r] in R^d, W in R^{V x d}, t = targets[r]):
+Rows go through in chunks; each chunk's ``[chunk, V]`` logits live in one reused tile, reduced in
+place (max, exp, sum) to the log-probs. Three modes, chosen from what needs a gradient: no grad
+(plain chunked forward), frozen weight (the forward also forms ``dlogp/dh = -(p - onehot) @ W`` and
+backward only scales it), weight trained (the forward saves lse; backward recomputes each chunk's
+logits). ``p - onehot`` is formed in full precision before any low-precision matmul.
 
-    z_v      = h . W_v                                   logits, never stored for all rows at once
-    lse      = log sum_v exp(z_v) = m + log sum_v exp(z_v - m),   m = max_v z_v   (stable)
-    logp     = z_t - lse
-    p_v      = exp(z_v - lse)                            softmax
-
-Backward, with g = dL/dlogp[r] the upstream gradient of the row:
-
-    dlogp/dz_v = [v == t] - p_v                     =: -(p - onehot_t)_v
-    dL/dh      = g * sum_v ([v == t] - p_v) W_v     = -g * ((p - onehot_t) @ W)            [d]
-    dL/dW_v   += g * ([v == t] - p_v) h             so over rows: dW = (p - onehot).T @ (-g * h)
-
-The factor g is a per-row scalar, so it is applied to the small ``[rows, d]`` operands (``h`` and the
-``(p - onehot) @ W`` product), never as an extra pass over the ``[rows, V]`` tile. The one-hot is
-subtracted inside the tile (an index op on ``rows`` entries) BEFORE any rounding to a low-precision
-matmul dtype: when p_t ~ 1, ``W_t - p @ W`` computed from a rounded p_t would cancel catastrophically.
-
-Three modes, chosen from what needs a gradient (``ctx.needs_input_grad``):
-
-- nothing (reference model under ``no_grad``): plain chunked forward, no autograd Function at all.
-- only ``hidden`` (frozen LM head: LoRA, the paper's setting): the forward already holds p for the
-  chunk, so it forms ``dlogp/dh = -(p - onehot) @ W`` right there and stores it ``[N, d]``; backward
-  only scales it by g. No recomputation.
-- ``weight`` (with or without ``hidden``): the forward saves only the per-row lse ``[N]``; backward
-  recomputes each chunk's logits, p = exp(z - lse) in place, and accumulates both gradients.
-
-Cost (N rows; a "matmul" is one N x V x d product = 2NVd FLOPs):
-
-    no grad             1 matmul   2NVd     (naive: the same)
-    frozen weight       2 matmuls  4NVd     (naive: the same, 4NVd, but with several [N, V] passes)
-    weight needs grad   4 matmuls  8NVd     (naive: 6NVd; the price of not storing [N, V] logits)
-
-plus O(1) elementwise passes over each ``[chunk, V]`` tile (max, subtract, exp, sum; backward:
-subtract, exp). On a CPU those passes are cheap only while done in place on one reused tile:
-``torch.logsumexp`` allocates tile-sized temporaries and measured ~10x slower than the in-place passes
-here (1.2-2.4 s against ~0.15 s for 4096 x 49152 logits), and a fresh tile per chunk would be
-page-faulted in again on every chunk. With the passes in place the matmuls are >90 % of the time.
-Extra memory: one ``[chunk, V]`` tile (plus its low-precision twin for bf16/fp16), O(N) per-row
-statistics, and in the frozen-weight mode the ``[N, d]`` gradient factor. The gradients themselves,
-``[N, d]`` and ``[V, d]``, as usual.
-
-Precision: results are float32 (float64 for float64 inputs). For bf16/fp16 inputs the logits and
-``(p - onehot) @ W`` matmuls run in the input dtype, which torch's CPU (oneDNN) and CUDA kernels
-accumulate in float32, exactly like eager ``hidden @ weight.T``; the logits tile is cast to float32
-before max/exp/sum; ``(p - onehot) * g`` is formed in float32 and rounded once on its way into the
-matmul. The weight gradient's matmul runs in float32 (the tile is float32 already) into a float32
-``[V, d]`` accumulator, rounded to the weight's dtype once at the end. One exception: in the
-frozen-weight mode the stored ``dlogp/dh`` is a bf16/fp16 matmul result that backward scales by g, so
-that gradient is rounded twice (error up to ~2x eager's; the tests hold it to eager + tolerance).
-
-Chunk size (``options.chunk_rows``; default :func:`default_chunk_rows`, 512 rows at V=49152 in fp32):
-measured on the 2-core CPU this project benchmarks on (the table is in default_chunk_rows); the tile is
-sized by bytes, so larger vocabularies get fewer rows per chunk.
+Math, costs (2-8 NVd FLOPs by mode), memory, precision and the chunk-size rule: docs/kernels.md,
+"The torch backend"; measured numbers: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -75,19 +29,10 @@ _MAX_CHUNK_ROWS = 1024
 def default_chunk_rows(n_rows: int, vocab: int, acc_dtype: torch.dtype = torch.float32) -> int:
     """Rows per chunk when ``options.chunk_rows`` is None: a ~96 MiB ``[chunk, V]`` accumulation tile.
 
-    512 rows at V=49152 in fp32 (SmolLM2's head), 192 at V=128256 (Llama-3's), 768 at V=32000.
-    Measured on the benchmark CPU (2 cores, 32 MiB L3; d=576, V=49152, N=2048, fp32, quiet moments,
-    fwd+bwd seconds, two runs each):
-
-        chunk rows            128        256        384        512        640        768        1024
-        weight trained     3.60 3.60  3.04 3.24  4.42 3.06  2.96 2.90  3.06 3.08  2.87 3.06  2.91 4.07
-        weight frozen      2.01 1.82  1.87 2.06  1.61  -    1.48  -    1.97  -    1.47  -    1.50  -
-        no grad (fwd)      1.04       1.01       0.99       0.89       1.06       1.22       0.95
-
-    Below ~384 rows the matmuls get less efficient and each chunk's re-read of the [V, d] weight (and
-    its gradient) is amortised over fewer rows; above 512 nothing is gained within noise while the
-    tile grows. So the budget is sized by bytes (memory is what a larger vocabulary costs) with a
-    floor of 128 rows, where matmul efficiency visibly drops.
+    Whole multiples of 64 rows in [128, 1024]: 512 rows at V=49152 in fp32 (SmolLM2's head), 192 at
+    V=128256 (Llama-3's), 768 at V=32000. Sized by bytes because memory is what a larger vocabulary
+    costs; the floor is where matmul efficiency visibly drops. Measurements: the chunk-size table in
+    benchmarks/RESULTS.md; reasoning: docs/kernels.md.
     """
     itemsize = torch.empty((), dtype=acc_dtype).element_size()
     rows = _TILE_BYTES // max(1, vocab * itemsize)

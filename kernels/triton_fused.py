@@ -1,80 +1,14 @@
-"""Fused Triton kernels: per-token log-probs through an LM head without materialising the logits.
+"""The ``triton`` backend of :func:`linear_logprobs`: fused Triton kernels, never building ``[N, V]`` logits.
 
-Math
-----
-For a row r with hidden state h_r (d), LM-head weight W (V x d) and target token t_r:
+Forward: each program walks its share of the vocabulary in tiles with an online logsumexp (the
+vocabulary is split over a second grid axis when there are too few row blocks) and saves the row
+max m and log s = lse - m. Backward: one kernel over (row block x vocab tile) recomputes the logit
+tile, forms dz = g * (onehot - softmax) and adds dz @ W and dz^T @ h into float32 gradient buffers
+with atomics (so gradients are not bitwise reproducible). bf16/fp16 dots accumulate in float32.
+Under the Triton interpreter bf16 dot operands are upcast to float32 (its bf16 dot is broken).
 
-    z_rv      = h_r . W_v                                   (the logits, never stored)
-    lse_r     = log sum_v exp(z_rv)
-    logprob_r = z_{r t_r} - lse_r
-
-Forward: a program owns BLOCK_N rows and walks its share of the vocabulary in BLOCK_V tiles. Each
-tile's logits come from a loop over d in BLOCK_D chunks (tl.dot, float32 accumulation; float64 for
-float64 inputs) and are folded into an online logsumexp:
-
-    m' = max(m, max_v z_rv)        s' = s * exp(m - m') + sum_v exp(z_rv - m')
-
-The target logit is picked out of the tile that holds it, so it is the bit-identical number that
-entered the logsumexp. When there are too few row blocks to fill
-the GPU (short batches), the vocabulary is also split over a second grid axis; each split writes
-its partial (max, sum-exp, target logit) ([splits, N] each, tiny) and the host merges them. The
-backward keeps the row max m_r and log s_r = lse_r - m_r separately (2N floats), not lse_r: the
-softmax is then exp((z - m) - log s), where z - m is nearly exact for the entries that matter,
-whereas exp(z - lse) with a stored float32 lse of magnitude ~20 carries its rounding (~2e-6) into
-every softmax entry of the row, which measurably loses to eager PyTorch (it computes the former).
-The log-prob is likewise (z_t - m) - log s, which is <= 0 exactly (z_t <= m and s >= 1).
-
-Backward: with upstream gradient g_r,
-
-    dL/dz_rv  = g_r * (1[v == t_r] - softmax_rv),    softmax_rv = exp((z_rv - m_r) - log s_r)
-    grad_h    = dz @ W        ([N, V] @ [V, d])
-    grad_W    = dz^T @ h      ([V, N] @ [N, d])
-
-dz is the [N, V] matrix we must never store, so it is recomputed tile by tile from the saved m and log s.
-
-How grad_W and grad_h are accumulated (the design choice)
-----------------------------------------------------------
-One backward kernel over the (row block x vocab tile) grid, as Cut Cross-Entropy does. A program
-recomputes its [BLOCK_N, BLOCK_V] logit tile once (loop over d), forms dz in registers, then loops
-over d again adding dz @ W_tile into grad_h[rows] and dz^T @ h_tile into grad_W[cols] with float32
-(float64) atomic adds. Costs, for N rows, V vocab, d hidden:
-  - FLOPs: 6NVd in the backward (2 recompute + 2 + 2), 8NVd with the forward: the floor for a
-    kernel that does not store logits.
-  - atomics: every program adds (BLOCK_N + BLOCK_V) x d floats, NVd (1/BLOCK_N + 1/BLOCK_V) in all.
-  - parallelism: cdiv(N, BLOCK_N) * cdiv(V, BLOCK_V) programs, so it fills the GPU at any N.
-  - summation order of the atomics is not fixed: gradients are not bitwise reproducible run to run.
-The alternative without atomics is two kernels, one over row blocks owning grad_h[rows, :] and one
-over vocab tiles owning grad_W[cols, :], each streaming the other axis. It recomputes the logits
-twice (10NVd FLOPs in all, +25 %), and it still has to read-modify-write its [BLOCK, d] float32
-output once per visited tile (d = 4096 does not fit in registers or shared memory), which is the
-same number of float32 updates as the atomics, only non-atomic. For the target case (all K+1
-layers stacked: N = 16k-64k, V = 128k, d = 4096, bf16 on H100) those owned outputs (BLOCK x d x 4
-bytes = 2 MB per program, ~260 MB for the ~130 running programs) overflow the 50 MB L2, so the
-RMW traffic goes to HBM. The atomics instead land on shared output blocks: programs are ordered in
-groups of GROUP_N = 8 row blocks (as in the Triton matmul tutorial), so the running programs touch
-~8 grad_h and ~16 grad_W blocks (~50 MB, about the L2) and share their h and W tiles. Hence one
-kernel. Caveat for that case (an estimate, not yet measured): at 128 x 128 tiles the atomic traffic
-(NVd/64 float32 adds, ~2 TB at N = 64k) takes about as long as the 6NVd tensor-core FLOPs or
-longer, i.e. the fused backward is bound by gradient accumulation rather than by the matmuls. The
-levers are larger tiles, lock-protected non-atomic accumulation (as Cut Cross-Entropy does) and
-gradient filtering (below).
-
-Future work: gradient filtering (Cut Cross-Entropy skips a tile when every |dz| is below eps/32 of
-the dtype). It is not done here because it is not exact: with V = 128k and a flat distribution,
-every softmax entry (~1/V) is below the bf16 threshold, so every non-target tile would be skipped
-and grad_h would lose the whole sum_v softmax_rv W_v term. A safe variant would need a bound on the
-skipped mass per row (e.g. skip only if BLOCK_V * max|dz| is below a tolerance), plus tests.
-
-Precision: bf16/fp16 tiles are loaded as such and fed to tl.dot with float32 accumulation; dz is
-cast to the input dtype before the gradient dots (what eager autograd does for a bf16 matmul);
-gradients accumulate in float32 buffers and are cast to the input dtype at the end. float32 inputs
-use IEEE float32 dots unless torch allows TF32 for matmuls (then tl.dot uses TF32 as cuBLAS would).
-float64 inputs run in float64 throughout, which the tests use for gradcheck.
-
-The Triton interpreter (TRITON_INTERPRET=1, how the CPU tests run) computes bf16 tl.dot wrongly
-(Triton 3.9: it returns garbage of order 1e10), so under the interpreter bf16 operands are upcast
-to float32 right before each dot. Products of bf16 numbers are exact in float32, so this emulates
-a bf16 tensor-core dot with float32 accumulation up to summation order.
+Design reasoning (why one atomic backward kernel, why m and log s, gradient filtering, precision):
+docs/kernels.md, "The triton backend".
 """
 
 from __future__ import annotations
@@ -122,7 +56,7 @@ def _logit_tile(
             w_ptr + offs_d[:, None] * stride_wd + cols[None, :] * stride_wv,
             mask=d_mask[:, None] & col_mask[None, :], other=0.0,
         )  # [BLOCK_D, BLOCK_V] (weight tile, transposed by addressing)
-        if UPCAST:  # interpreter-only workaround for its broken bf16 dot (see header)
+        if UPCAST:  # interpreter-only workaround for its broken bf16 dot (docs/kernels.md)
             h = h.to(tl.float32)
             wt = wt.to(tl.float32)
         acc = tl.dot(h, wt, acc=acc, input_precision=PREC, out_dtype=ACC)
@@ -187,7 +121,7 @@ def _bwd_kernel(
     N, V, D,  # rows, vocabulary, hidden size
     stride_hn, stride_hd, stride_wv, stride_wd,  # element strides of hidden and weight
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-    GROUP_N: tl.constexpr,  # row blocks per program group (L2 reuse of W tiles, see header)
+    GROUP_N: tl.constexpr,  # row blocks per program group (L2 reuse of W tiles, docs/kernels.md)
     ACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,  # as in _logit_tile
     COMPUTE_GH: tl.constexpr,  # hidden needs a gradient
     COMPUTE_GW: tl.constexpr,  # weight needs a gradient
@@ -225,7 +159,7 @@ def _bwd_kernel(
     dz = g[:, None] * (tl.where(onehot, 1.0, 0.0) - p)  # [BLOCK_N, BLOCK_V]
     # The gradient dots run in the input dtype (bf16 tensor cores for bf16 inputs), like eager autograd.
     dz = dz.to(h_ptr.dtype.element_ty)  # [BLOCK_N, BLOCK_V]
-    if UPCAST:  # interpreter only (see header); exact, since dz is now bf16-valued
+    if UPCAST:  # interpreter only (docs/kernels.md); exact, since dz is now bf16-valued
         dz = dz.to(tl.float32)
 
     for k in range(0, tl.cdiv(D, BLOCK_D)):
@@ -285,8 +219,7 @@ def _pow2_clamp(n: int, lo: int, hi: int) -> int:
 def _candidate_tiles(kind: str, n_rows: int, vocab: int, dim: int, dtype: torch.dtype, device) -> list[_Tiles]:
     """Tile configs to try, largest first (a smaller GPU may reject the first for shared memory).
 
-    Fixed heuristics rather than triton.autotune: the forward's partial buffers depend on the tiles,
-    and a small, predictable set keeps compile time short. Not yet tuned on real GPUs.
+    Fixed heuristics, not yet tuned on real GPUs (why not triton.autotune: docs/kernels.md).
     """
     if _interpreting(device):
         # The interpreter runs each program in Python: small fixed tiles keep tests fast while still

@@ -10,12 +10,9 @@ The CausalLM forward would build ``[B, T, V]`` logits for every position; we run
 keep only the rows that predict a completion token (prompt and padding rows never reach the head),
 and push the rows of every selected layer through ONE :func:`linear_logprobs` call.
 
-Sharded parameters (FSDP): the kernel reads the LM-head weight as a tensor, outside any module call.
-FSDP only guarantees full (unsharded) parameters inside the forward of the module that owns them, so
-the whole computation runs as the forward of the causal LM, and the head call as the forward of the
-LM-head module (:func:`call_as_forward`). FSDP2 (``fully_shard``) gathers the parameters in its forward
-hooks and FSDP1 in its wrapper's forward, and both register their backward re-gathering on the outputs
-exactly as for an ordinary forward. Without FSDP these are two plain module calls.
+Under FSDP the head weight is whole only inside its module's forward, so the computation runs as the
+causal LM's forward and the head call as the LM head's (:func:`call_as_forward`); under autocast the
+op itself casts (lit_idpo.kernels.precision). Why, in detail: docs/kernels.md, "From a model to the op".
 """
 
 from __future__ import annotations
