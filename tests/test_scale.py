@@ -1,6 +1,7 @@
 """Training at scale on tiny models: precision, gradient checkpointing, resume, faults, safe checkpoints,
 and the fused head reading a weight that is only whole inside its module's forward (as under FSDP)."""
 
+import importlib
 import math
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scale_common import LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
-import lit_idpo.logprobs as logprobs_lib
 from lit_idpo.data import PreferenceDataModule
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.models import load_model
@@ -33,13 +33,14 @@ def _module(tmp_path, lr=1e-2, **overrides):
 
 def test_bf16_precisions_use_the_low_precision_head_and_stay_close_to_fp32(tmp_path, monkeypatch):
     seen = []
-    real = logprobs_lib.linear_logprobs
+    op = importlib.import_module("lit_idpo.kernels.linear_logprobs")  # the op's module (the op casts for autocast)
+    real = op._dispatch
 
-    def spy(hidden, weight, targets, **kwargs):
+    def spy(backend, hidden, weight, targets, options):
         seen.append((hidden.dtype, weight.dtype, torch.is_autocast_enabled("cpu")))
-        return real(hidden, weight, targets, **kwargs)
+        return real(backend, hidden, weight, targets, options)
 
-    monkeypatch.setattr(logprobs_lib, "linear_logprobs", spy)
+    monkeypatch.setattr(op, "_dispatch", spy)
     runs = {}
     for precision, backend in (("32-true", "torch"), ("bf16-mixed", "torch"), ("bf16-mixed", "naive"),
                                ("bf16-true", "torch")):
