@@ -5,8 +5,8 @@
     python benchmarks/bench_linear_logprobs.py --device cuda    # Llama-3-8B head, bf16
 
 Methods, side by side on the same inputs:
-  naive       eager PyTorch through linear_logprobs(backend="naive"): materialises [N, V] logits
-  ours        linear_logprobs(backend="torch") on CPU, backend="triton" on CUDA
+  naive       eager PyTorch through linear_logprobs, backend "naive": materialises [N, V] logits
+  ours        linear_logprobs, backend "torch" on CPU, "triton" on CUDA
   torch_lce   PyTorch's own chunked torch.nn.functional.linear_cross_entropy(reduction="none",
               options=LinearCrossEntropyOptions()), negated (cross-entropy = -log-prob)
   liger, cce  Liger-Kernel's and Cut Cross-Entropy's fused linear cross-entropy, CUDA only and only
