@@ -1,83 +1,90 @@
-"""The ``lit-idpo`` command: LightningCLI over IntermediateDPO and PreferenceDataModule.
+"""The ``lit-idpo`` command: dispatches to the subcommands and prints user errors as one line.
 
     lit-idpo fit --config configs/quickstart.yaml
     lit-idpo validate --config configs/tiny.yaml
     lit-idpo fit --help            # every option with its docstring
     lit-idpo fit --config configs/quickstart.yaml --print_config
-    lit-idpo evaluate --help       # pairwise win rates with judges (lit_idpo/evaluate.py)
-    lit-idpo sweep --help          # train and evaluate a list of settings (lit_idpo/sweep.py)
+    lit-idpo evaluate --help       # pairwise win rates with judges (lit_idpo.evaluation)
+    lit-idpo sweep --help          # train and evaluate a list of settings (lit_idpo.sweep)
+
+``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI's (:mod:`lit_idpo.fit`); ``evaluate`` and
+``sweep`` are jsonargparse commands of their own. Every subcommand accepts ``--config FILE.yaml``,
+``--print_config`` and ``--help``.
+
+Errors: a :class:`lit_idpo.errors.UserError` (a bad config value, data file or row, model path, ...)
+ends the command with ``lit-idpo: error: <message>`` on stderr and exit code 2, without a traceback;
+set ``LIT_IDPO_DEBUG=1`` to see the traceback. Any other exception is a bug and shows its traceback.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-import time
+from typing import Optional, Sequence
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from lit_idpo.errors import ConfigError, UserError
 
-from lightning.pytorch.cli import LightningCLI  # noqa: E402
-from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+__all__ = ["main", "run"]  # and IntermediateDPOCLI, deprecated here (see __getattr__)
 
-from lit_idpo.data import PreferenceDataModule  # noqa: E402
-from lit_idpo.module import IntermediateDPO, load_checkpoint_safely  # noqa: E402
-
-
-class IntermediateDPOCLI(LightningCLI):
-    """LightningCLI with the tokenizer tied to the policy and a closing summary after ``fit``."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        # The data must be tokenised with the policy's own tokenizer.
-        parser.link_arguments("model.model", "data.tokenizer")
-
-    def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads ``--ckpt_path``'s hyperparameters (torch.load, weights_only=True) before
-        # anything else, so a truncated or foreign file fails there with a bare unpickling/zip error.
-        # Re-read a file that failed through load_checkpoint_safely, which raises a CheckpointError
-        # naming the file, the cause and the fix. (A private hook: were Lightning to rename it, this
-        # override would simply stop being called and Lightning's own error would show.)
-        try:
-            super()._parse_ckpt_path()
-        except Exception:
-            ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-            if ckpt_path:
-                load_checkpoint_safely(ckpt_path)
-            raise
-
-    def before_fit(self) -> None:
-        self._fit_started = time.perf_counter()
-
-    def after_fit(self) -> None:
-        elapsed = time.perf_counter() - getattr(self, "_fit_started", time.perf_counter())
-        model = self.model
-        lines = [f"lit-idpo: fit finished in {elapsed:.1f} s."]
-        if model.last_val_table:
-            lines.append("Final validation metrics per layer:\n" + model.last_val_table)
-        if model.saved_model_dir:
-            lines.append(f"Trained policy (Hugging Face format): {model.saved_model_dir}")
-        rank_zero_info("\n".join(lines))
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "evaluate", "sweep")
+EXIT_USER_ERROR = 2  # what argparse / jsonargparse use for a usage error
 
 
-def main(args=None) -> None:
+def _debug() -> bool:
+    return os.environ.get("LIT_IDPO_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _short(err: BaseException) -> str:
+    # One or two lines: a message written on two lines (problem, then fix) stays so; longer ones are joined.
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return "\n  ".join(lines) if len(lines) <= 2 else " ".join(lines)
+
+
+def run(args: Optional[Sequence[str]] = None):
+    """Run one ``lit-idpo`` subcommand with ``args`` (default: ``sys.argv[1:]``); user errors propagate."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+        given = f"unknown subcommand {argv[0]!r}" if argv else "no subcommand given"
+        raise ConfigError(f"{given}; give one of {', '.join(SUBCOMMANDS)} (e.g. lit-idpo fit --config "
+                          f"configs/tiny.yaml; lit-idpo <subcommand> --help lists its options)")
     # `evaluate` and `sweep` are lit-idpo's own subcommands (LightningCLI's are fixed: fit, validate,
     # test, predict), so route them to their parsers before LightningCLI reads the arguments.
-    argv = sys.argv[1:] if args is None else list(args)
     if argv and argv[0] == "evaluate":
-        from lit_idpo.evaluate import main as evaluate_main
-
-        evaluate_main(argv[1:])
-        return
+        evaluation = importlib.import_module("lit_idpo.evaluation")
+        if not hasattr(evaluation, "main"):  # the package before its command moved in: the old module's
+            evaluation = importlib.import_module("lit_idpo.evaluate")
+        return evaluation.main(argv[1:])
     if argv and argv[0] == "sweep":
         from lit_idpo.sweep import main as sweep_main
 
-        sweep_main(argv[1:])
-        return
-    IntermediateDPOCLI(
-        IntermediateDPO,
-        PreferenceDataModule,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+        return sweep_main(argv[1:])
+    from lit_idpo.fit import run_fit
+
+    return run_fit(args)
+
+
+def main(args: Optional[Sequence[str]] = None) -> None:
+    """Entry point of ``lit-idpo``: :func:`run`, with a user error printed as one line and exit code 2."""
+    try:
+        run(args)
+    except UserError as err:
+        if _debug():
+            raise
+        print(f"lit-idpo: error: {_short(err)}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def __getattr__(name: str):
+    # Deprecated location of IntermediateDPOCLI (now lit_idpo.fit); loaded on first use so that
+    # `lit-idpo sweep` / `evaluate` do not import Lightning's CLI just to start.
+    if name == "IntermediateDPOCLI":
+        from lit_idpo.fit import IntermediateDPOCLI
+
+        return IntermediateDPOCLI
+    raise AttributeError(f"module 'lit_idpo.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

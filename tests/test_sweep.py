@@ -1,14 +1,18 @@
-"""lit-idpo sweep: spec checks, every sweep file parses, and configs/sweeps/tiny.yaml end to end with resuming."""
+"""lit-idpo sweep: spec checks, the command's --print_config / --dry_run, every sweep file parses, and
+configs/sweeps/tiny.yaml end to end (child-process trainings, resuming, a failing training)."""
 
 import glob
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from lit_idpo import sweep as sw
+from lit_idpo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(glob.glob(str(ROOT / "configs" / "sweeps" / "*.yaml")))
@@ -24,17 +28,21 @@ BASE = {"base_config": str(ROOT / "configs" / "tiny.yaml"), "output_dir": "out",
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"setings": []}, r"unknown key\(s\) \['setings'\]"),
+    ({"setings": []}, r"sweep config .*s\.yaml: .*'setings' is not accepted"),
     ({"settings": [{"layers": []}]}, r"settings\[0\].layers=\[\].*non-empty"),
     ({"settings": [{"layers": [1], "gamma": 1.0}]}, r"gamma=1.0.*'dpo' baseline"),
     ({"settings": [{"layers": [1], "name": "dpo"}]}, "clash"),
     ({"settings": [{"layers": [1]}, {"layers": [1]}]}, "used twice"),
     ({"settings": [{"layers": [1], "overrides": {"model.gamma": 0.3}}]}, "sets 'model.gamma'"),
     ({"base_config": "nope.yaml"}, "not found"),
-    ({"evaluate": {"judges": {}}}, "unknown key"),
+    ({"evaluate": {"judges": {"name": "rule"}}}, r"'evaluate' does not accept option 'judges"),
+    ({"baselines": {"dop": False}}, r"'baselines' does not accept option 'dop'"),
+    ({"evaluate": {"data": {"limt": 3}}}, r"evaluate.data has unknown key\(s\) \['limt'\]"),
+    ({"settings": [{"layers": "seven"}]}, r"settings"),
+    ({"output_dir": None}, r"give output_dir"),
 ])
 def test_spec_errors_name_the_key(tmp_path, change, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         sw.load_spec(_write(tmp_path, {**BASE, **change}))
 
 
@@ -60,20 +68,63 @@ def test_every_sweep_file_parses_with_its_fit_config(path, tmp_path):
         assert full.model.gamma == (setting.gamma if setting.gamma is not None else sweep.base.model.gamma)
 
 
-def test_tiny_sweep_end_to_end_resumes(tmp_path, monkeypatch):
-    import lit_idpo.cli
+def test_relative_base_config_is_read_from_the_sweep_files_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "sweeps"
+    folder.mkdir()
+    (tmp_path / "fit.yaml").write_text((ROOT / "configs" / "tiny.yaml").read_text())
+    path = _write(folder, {**BASE, "base_config": "../fit.yaml"})
+    monkeypatch.chdir(ROOT)  # the working directory has no ../fit.yaml
+    assert sw.load_spec(path).base_config == (tmp_path / "fit.yaml").resolve()
+    with pytest.raises(ConfigError, match=r"base_config 'fit.yaml' not found \(relative paths are read from .*sweeps"):
+        sw.load_spec(_write(folder, {**BASE, "base_config": "fit.yaml"}, "other.yaml"))
 
+
+def test_print_config_prints_a_full_sweep_file_that_parses_again(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sw.main(["--config", str(ROOT / "configs" / "sweeps" / "tiny.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["settings"][1] == {"layers": [1, 3], "gamma": 0.25, "name": None, "overrides": {}}
+    assert printed["evaluate"]["generation"]["max_new_tokens"] == 6  # the file's value
+    assert printed["evaluate"]["generation"]["do_sample"] is False  # a default, printed too
+    assert printed["baselines"] == {"dpo": True, "sft": True} and printed["grid"] is None
+    printed["base_config"] = str(ROOT / "configs" / "tiny.yaml")
+    spec = sw.load_spec(_write(tmp_path, printed, "printed.yaml"))
+    assert [s.name for s in spec.settings] == ["L1", "L1+3-g0.25"]
+
+
+def test_dry_run_prints_each_runs_exact_fit_command_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sw.main(["--config", str(ROOT / "configs" / "sweeps" / "tiny.yaml"), "--dry_run",
+                    "--output_dir", str(out)]) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == ["[to train] dpo", "[to train] L1", "[to train] L1+3-g0.25"]
+    for line, name in zip(lines, ["dpo", "L1", "L1+3-g0.25"]):
+        assert line.endswith(f"lit-idpo fit --config {ROOT / 'configs' / 'tiny.yaml'} "
+                             f"--config {out / 'fit_overrides.yaml'} --config {out / 'runs' / name / 'setting.yaml'}")
+    assert not (out / "manifest.json").exists() and not (out / "runs" / "L1" / "hf_model").exists()
+
+
+def test_the_sweep_does_not_import_the_cli():
+    import subprocess
+
+    code = "import sys, lit_idpo.sweep; print('lit_idpo.cli' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end_resumes(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
-    real_main = lit_idpo.cli.main
+    real_run = sw.run_logged
     calls = []
 
-    def counting_main(args=None):
-        calls.append(args)
+    def counting_run(argv, log_path):
+        calls.append(list(argv))
         if fail_on is not None and len(calls) == fail_on:
             raise KeyboardInterrupt("simulated interruption during training")
-        return real_main(args)
+        return real_run(argv, log_path)
 
-    monkeypatch.setattr(lit_idpo.cli, "main", counting_main)
+    monkeypatch.setattr(sw, "run_logged", counting_run)
     config = ROOT / "configs" / "sweeps" / "tiny.yaml"
 
     # First invocation is interrupted during the second training run.
@@ -82,6 +133,12 @@ def test_tiny_sweep_end_to_end_resumes(tmp_path, monkeypatch):
         sw.run_sweep(config, output_dir=str(out), progress=False)
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(manifest["settings"]) == ["dpo"]
+    # What ran is what is recorded: the child's exact command, in the manifest and in the run folder.
+    dpo_command = calls[0]
+    assert dpo_command[:4] == [sys.executable, "-m", "lit_idpo.cli", "fit"]
+    assert manifest["settings"]["dpo"]["command"] == dpo_command
+    assert (out / "runs" / "dpo" / "command.txt").read_text() == shlex.join(dpo_command) + "\n"
+    assert "lit-idpo: fit finished" in (out / "runs" / "dpo" / "fit.log").read_text()
 
     # The second one trains the two missing runs (not dpo again) and evaluates.
     calls.clear()
@@ -109,7 +166,8 @@ def test_tiny_sweep_end_to_end_resumes(tmp_path, monkeypatch):
 
     generated = []
     original = GenerationMixin.generate
-    monkeypatch.setattr(GenerationMixin, "generate", lambda self, *a, **k: generated.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(GenerationMixin, "generate",
+                        lambda self, *a, **k: generated.append(1) or original(self, *a, **k))
     calls.clear()
     again = sw.run_sweep(config, output_dir=str(out), progress=False)
     assert calls == [] and generated == []
@@ -124,6 +182,18 @@ def test_tiny_sweep_end_to_end_resumes(tmp_path, monkeypatch):
     calls.clear()
     sw.run_sweep(changed, output_dir=str(out), train_only=True, progress=False)
     assert len(calls) == 1
+
+
+@pytest.mark.slow
+def test_a_failing_training_names_the_setting_and_its_log_and_is_not_marked_finished(tmp_path):
+    spec = {**BASE, "output_dir": str(tmp_path / "out"), "baselines": {"dpo": False, "sft": True},
+            "settings": [{"layers": [1], "name": "broken", "overrides": {"trainer.max_steps": "many"}}]}
+    message = r"training broken failed \(exit code 2\); its output is in .*broken/fit\.log"
+    with pytest.raises(sw.TrainingRunError, match=message):
+        sw.run_sweep(_write(tmp_path, spec), train_only=True, progress=False)
+    log = (tmp_path / "out" / "runs" / "broken" / "fit.log").read_text()
+    assert "lit-idpo: error:" in log and "trainer.max_steps" in log
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_reproduction_script_dry_run_prints_the_exact_commands(tmp_path, capsys):

@@ -1,0 +1,142 @@
+"""The sweep's report: the markdown table and the plot of win rates against layer position and K.
+
+Both read the summary that :meth:`lit_idpo.sweep.Sweep.summarize` writes to ``sweep_results.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from lit_idpo.sweep_spec import DPO, SFT
+
+__all__ = ["format_sweep_markdown", "plot_sweep"]
+
+
+def _cell(p: Optional[Mapping[str, Any]]) -> str:
+    if p is None:
+        return "n/a"
+    wilson = " W" if p["ci_method"] != "t" else ""
+    return f"{100 * p['win_rate']:.1f} [{100 * p['ci_low']:.1f}, {100 * p['ci_high']:.1f}]{wilson}"
+
+
+def _wtl(p: Optional[Mapping[str, Any]]) -> str:
+    return "n/a" if p is None else f"{p['wins']}/{p['ties']}/{p['losses']}"
+
+
+def format_sweep_markdown(summary: Mapping[str, Any]) -> str:
+    """The sweep table: one row per run, win rates with intervals against DPO and SFT, scores, fit time."""
+    conf = round(100 * summary["confidence"])
+    is_rule = summary["judge"]["name"] == "rule"
+    score_label = "accuracy (%)" if is_rule else "mean score"
+    lines = [f"Base model `{summary['base_model']}` ({summary['num_layers']} layers); {summary['prompts']['prompts']} "
+             f"prompts from split `{summary['prompts']['split']}` of `{summary['prompts']['source']}`; judge "
+             f"`{summary['judge']['name']}`; win rate (%) of the row's model with its {conf} % interval "
+             f"(t over prompts; W: Wilson, all prompts scored alike); W/T/L counts judgments in both orders.", ""]
+    lines.append(f"| run | layers | K | gamma | vs DPO | W/T/L vs DPO | vs SFT | W/T/L vs SFT | {score_label} | "
+                 f"implicit acc. final (%) | implicit acc. at its layers (%) | fit (s) |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def fmt_score(s):
+        if not s:
+            return "n/a"
+        return f"{100 * s['mean']:.1f}" if is_rule else f"{s['mean']:.4f}"
+
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}"
+
+    sft_score = summary.get("sft_score")
+    if sft_score:
+        lines.append(f"| sft (untrained) | - | - | - | - | - | - | - | {fmt_score(sft_score)} | - | - | - |")
+    for r in summary["rows"]:
+        layers = ",".join(map(str, r["layers"])) or "-"
+        is_dpo = r["name"] == DPO
+        lines.append(f"| {r['name']} | {layers} | {r['k']} | {r['gamma']:g} | "
+                     f"{'-' if is_dpo else _cell(r['vs_dpo'])} | "
+                     f"{'-' if is_dpo else _wtl(r['vs_dpo'])} | {_cell(r['vs_sft'])} | {_wtl(r['vs_sft'])} | "
+                     f"{fmt_score(r['score'])} | {pct(r['implicit_final'])} | "
+                     f"{', '.join(pct(x) for x in r['implicit_trained_layers']) or '-'} | "
+                     f"{r['fit_seconds'] if r['fit_seconds'] is not None else 'n/a'} |")
+    lines += ["", f"CI method: {summary['ci_method']}."]
+    return "\n".join(lines)
+
+
+def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
+    """PNG: win rate (with interval) against layer position (K = 1 runs) and against K, versus DPO and SFT."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [r for r in summary["rows"] if r["name"] != DPO]
+    dpo = next((r for r in summary["rows"] if r["name"] == DPO), None)
+    L = summary["num_layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    colours = {DPO: "tab:blue", SFT: "tab:orange"}
+    gammas = sorted({r["gamma"] for r in rows})
+    markers = dict(zip(gammas, "osD^v<>"))
+
+    def draw(ax, x, p, baseline, marker, label):
+        if p is None:
+            return
+        y = 100 * p["win_rate"]
+        err = [[y - 100 * p["ci_low"]], [100 * p["ci_high"] - y]]
+        ax.errorbar([x], [y], yerr=err, fmt=marker, color=colours[baseline], capsize=4, label=label)
+
+    seen = set()
+    ax = axes[0]
+    for r in rows:
+        if r["k"] != 1:
+            continue
+        for baseline, dx in ((DPO, -0.15), (SFT, 0.15)):
+            label = f"vs {baseline.upper()} (gamma {r['gamma']:g})"
+            draw(ax, r["layers"][0] + dx, r[f"vs_{baseline}"], baseline, markers[r["gamma"]],
+                 None if label in seen else label)
+            seen.add(label)
+    ax.set_xlabel(f"intermediate layer (of {L}; K = 1 runs)")
+    ax.set_xlim(0.5, L + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    top = ax.secondary_xaxis("top", functions=(lambda x: x / L, lambda r: r * L))
+    top.set_xlabel("relative depth")
+    ax.axvline(L * 22 / 32, color="grey", linestyle=":", linewidth=1)
+    ax.text(L * 22 / 32, 1, " 22/32", color="grey", fontsize=8, transform=ax.get_xaxis_transform(), va="bottom")
+
+    ax = axes[1]
+    seen = set()
+    by_k: Dict[int, List[Dict[str, Any]]] = {}
+    for r in rows:
+        by_k.setdefault(r["k"], []).append(r)
+    for k, group in by_k.items():
+        width = 0.5 / max(1, len(group))
+        for j, r in enumerate(group):
+            centre = k + (j - (len(group) - 1) / 2) * width
+            for baseline, dx in ((DPO, -0.06), (SFT, 0.06)):
+                label = f"vs {baseline.upper()} (gamma {r['gamma']:g})"
+                draw(ax, centre + dx, r[f"vs_{baseline}"], baseline, markers[r["gamma"]],
+                     None if label in seen else label)
+                seen.add(label)
+            ax.annotate("L" + "+".join(map(str, r["layers"])), (centre, 0), xycoords=("data", "axes fraction"),
+                        xytext=(0, 3), textcoords="offset points", ha="center", fontsize=7, color="dimgrey")
+    ax.set_xticks(sorted(by_k))
+    if by_k:
+        ax.set_xlim(min(by_k) - 0.5, max(by_k) + 0.5)
+    ax.set_xlabel("number of intermediate layers K (runs side by side)")
+    for ax in axes:
+        ax.axhline(50, color="black", linewidth=0.8)
+        if dpo is not None and dpo.get("vs_sft"):
+            ax.axhline(100 * dpo["vs_sft"]["win_rate"], color=colours[SFT], linestyle="--", linewidth=0.8,
+                       label="DPO vs SFT")
+        ax.set_ylabel(f"win rate (%) with {round(100 * summary['confidence'])} % interval")
+        ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:  # below the axes: inside, "best" can still cover the run labels along the bottom
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(handles)))
+    judge = summary["judge"]["name"]
+    fig.suptitle(f"Intermediate DPO vs DPO and vs SFT: {summary['base_model']}, judge {judge}, "
+                 f"{summary['prompts']['prompts']} prompts", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

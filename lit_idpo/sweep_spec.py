@@ -1,0 +1,297 @@
+"""The sweep file: its options as dataclasses (the ``lit-idpo sweep`` parser is built from them), and their checks.
+
+``lit-idpo sweep --print_config`` prints a complete sweep file with every default; ``--help`` lists
+each option with its description. :func:`load_spec` reads a file into a :class:`SweepSpec`, the
+checked form the sweep runs from. Errors are :class:`lit_idpo.errors.ConfigError` naming the key
+and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+from argparse import ArgumentError
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+
+from lit_idpo.errors import ConfigError
+
+
+def _evaluation_options():
+    # The evaluation options' home: lit_idpo.evaluation once it holds them, the older lit_idpo.evaluate before.
+    try:
+        return importlib.import_module("lit_idpo.evaluation.options")
+    except ModuleNotFoundError:
+        return importlib.import_module("lit_idpo.evaluate")
+
+
+_options = _evaluation_options()
+DataOptions = _options.DataOptions
+GenerationOptions = _options.GenerationOptions
+ImplicitOptions = _options.ImplicitOptions
+
+SFT, DPO = "sft", "dpo"
+# Fit options that the sweep sets itself for each run (a setting's overrides may not).
+SWEEP_OWNED = ("model.layers", "model.gamma", "model.hf_output_dir", "trainer.default_root_dir")
+
+
+@dataclass
+class SettingConfig:
+    """One training run of the sweep.
+
+    Args:
+        layers: the intermediate layers (K = their number), e.g. ``[21]`` or ``[14, 21]``; 1..L, or negative
+            from the end. Plain DPO is the ``dpo`` baseline, not a setting.
+        gamma: the weight of the final layer, in [0, 1); null: the fit config's ``model.gamma``.
+        name: the run's name (its folder under ``runs/``); null: made from layers and gamma, e.g. ``L1+3-g0.25``.
+        overrides: extra fit options for this run only, as dotted keys, e.g. ``{model.beta: 0.2}``.
+    """
+
+    layers: List[int]
+    gamma: Optional[float] = None
+    name: Optional[str] = None
+    # ``dict``, not Dict[str, Any]: jsonargparse then keeps a class_path entry as written instead of adding
+    # every init_args default (and, on instantiation, building the object).
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class GridConfig:
+    """Settings made as a product: every layer list with every gamma (added after ``settings``).
+
+    Args:
+        layers: the layer lists, e.g. ``[[5], [21], [14, 21]]``.
+        gamma: the gammas; ``[null]``: the fit config's ``model.gamma``.
+    """
+
+    layers: List[List[int]] = field(default_factory=list)
+    gamma: List[Optional[float]] = field(default_factory=lambda: [None])
+
+
+@dataclass
+class BaselinesConfig:
+    """The runs every setting is compared with.
+
+    Args:
+        dpo: train plain DPO (the same fit, gamma 1 and no intermediate layers) and judge every setting against it.
+        sft: judge every setting against the untrained model (the fit's ``model.model``).
+    """
+
+    dpo: bool = True
+    sft: bool = True
+
+
+@dataclass
+class SweepEvaluateConfig:
+    """How the trained runs are judged (the options of ``lit-idpo evaluate``, see its ``--help``).
+
+    Args:
+        data: prompt options (``source``, ``split``, ``data_files``, ``subset``, ``format``, ``limit``,
+            ``on_bad_row``) on top of the fit's ``data.source`` and its held-out ``data.val_split``.
+        generation: how responses are generated.
+        judge: the judge's ``name`` (``rule``, ``openai``, ``reward-model``) and its options, e.g.
+            ``{name: openai, base_url: ..., model: gpt-4o}``.
+        implicit: implicit-reward accuracy per layer; ``layers: auto`` adds every trained layer to the 8 spaced
+            ones. null: not computed.
+        confidence: the confidence level of the win-rate intervals.
+    """
+
+    data: Dict[str, Any] = field(default_factory=dict)
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    judge: Dict[str, Any] = field(default_factory=lambda: {"name": "rule"})
+    implicit: Optional[ImplicitOptions] = field(default_factory=ImplicitOptions)
+    confidence: float = 0.95
+
+
+@dataclass
+class SweepConfig:
+    """A sweep: train a list of Intermediate DPO settings from one base fit config and judge each against DPO and SFT.
+
+    Args:
+        output_dir: where everything goes (relative to the working directory).
+        base_config: a ``lit-idpo fit`` config file; a relative path is read from the sweep file's folder.
+        fit: fit options on top of ``base_config``, nested as in a fit config (e.g. ``{trainer: {max_steps: 60}}``).
+        settings: the Intermediate DPO runs.
+        grid: more runs, the product of its lists (null: none).
+        baselines: which baselines to train / compare with.
+        evaluate: how the runs are judged.
+    """
+
+    output_dir: Optional[str] = None
+    base_config: Optional[str] = None
+    fit: dict = field(default_factory=dict)  # ``dict``: kept as written (see SettingConfig.overrides)
+    settings: List[SettingConfig] = field(default_factory=list)
+    grid: Optional[GridConfig] = None
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    evaluate: SweepEvaluateConfig = field(default_factory=SweepEvaluateConfig)
+
+
+@dataclass
+class Setting:
+    """One training run of the sweep: intermediate ``layers`` (K = their number), ``gamma``, extra fit options."""
+
+    name: str
+    layers: List[int]
+    gamma: Optional[float] = None
+    overrides: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return len(self.layers)
+
+
+@dataclass
+class SweepSpec:
+    """A checked sweep file: resolved paths, every setting named (grid expanded), the evaluation options."""
+
+    path: Optional[Path]
+    output_dir: Path
+    base_config: Optional[Path]
+    fit: Dict[str, Any]
+    settings: List[Setting]
+    baselines: Dict[str, bool]
+    evaluate: SweepEvaluateConfig
+
+
+def build_parser() -> ArgumentParser:
+    """The ``lit-idpo sweep`` parser: the sweep file's options (:class:`SweepConfig`) and the command's flags."""
+    parser = ArgumentParser(
+        prog="lit-idpo sweep", exit_on_error=False,
+        description="Train a list of Intermediate DPO settings (layers, K, gamma) from one base config, judge each "
+                    "against plain DPO and the untrained SFT model, and write a table and a plot. Re-running resumes: "
+                    "finished settings (manifest.json) are skipped and cached generations reused. Each training runs "
+                    "as its own `lit-idpo fit` process; its command and log are in output_dir/runs/<name>/.")
+    parser.add_argument("--config", action=ActionConfigFile, help="a sweep file (examples in configs/sweeps/)")
+    parser.add_class_arguments(SweepConfig, None, fail_untyped=True)
+    parser.add_argument("--dry_run", action=ActionYesNo, default=False,
+                        help="print each run's state and exact fit command (writing the config files those commands "
+                             "read into output_dir); train nothing")
+    parser.add_argument("--train_only", action=ActionYesNo, default=False,
+                        help="train what is missing, do not evaluate")
+    parser.add_argument("--progress", action=ActionYesNo, default=True,
+                        help="show progress bars (--no_progress hides them)")
+    return parser
+
+
+def parse_args(argv: Sequence[str]):
+    """Parse ``lit-idpo sweep`` arguments; returns (jsonargparse Namespace, the last sweep file read or None)."""
+    argv = list(argv)
+    parser = build_parser()
+    try:
+        cfg = parser.parse_args(argv)
+    except ArgumentError as err:
+        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+        where = f"sweep config {', '.join(map(str, files))}: " if files else ""
+        raise ConfigError(f"{where}{' '.join(str(err).split())} (the options: lit-idpo sweep --help; "
+                          f"lit-idpo sweep --print_config prints a full sweep file)") from err
+    files = [f for f in (cfg.get("config") or []) if f is not None]
+    return cfg, (Path(os.fspath(files[-1])) if files else None)
+
+
+def _setting_name(layers: Sequence[int], gamma: Optional[float]) -> str:
+    name = "L" + "+".join(str(layer) for layer in layers) if layers else "L-none"
+    return name + (f"-g{gamma:g}" if gamma is not None else "")
+
+
+def _check_setting(where: str, raw: SettingConfig) -> Setting:
+    layers = raw.layers
+    if not layers:
+        raise ConfigError(f"{where}.layers={layers!r}; give a non-empty list of intermediate layer numbers, e.g. [21] "
+                          f"(plain DPO is the 'dpo' baseline)")
+    gamma = raw.gamma
+    if gamma is not None and not 0.0 <= gamma < 1.0:
+        raise ConfigError(f"{where}.gamma={gamma!r}; it must be in [0, 1) (1 is plain DPO, the 'dpo' baseline)")
+    for key in raw.overrides or {}:
+        if key in SWEEP_OWNED:
+            raise ConfigError(f"{where}.overrides sets {key!r}, which the sweep sets itself; use the setting's own "
+                              f"layers / gamma keys")
+    name = raw.name or _setting_name(layers, gamma)
+    return Setting(str(name), list(layers), None if gamma is None else float(gamma), dict(raw.overrides or {}))
+
+
+def _resolve_base(base: Optional[str], sweep_file: Optional[Path], where: str) -> Optional[Path]:
+    if base is None:
+        return None
+    candidate = Path(base)
+    if not candidate.is_absolute() and sweep_file is not None:
+        candidate = sweep_file.parent / base
+        if not candidate.is_file() and Path(base).is_file():  # a path given relative to the working directory
+            candidate = Path(base)
+    if not candidate.is_file():
+        folder = sweep_file.parent if sweep_file is not None else Path.cwd()
+        raise ConfigError(f"{where}: base_config {base!r} not found (relative paths are read from {folder})")
+    return candidate.resolve()
+
+
+def _plain(value: Any) -> Any:
+    # jsonargparse Namespaces (a class_path entry, a dataclass group) back to plain dicts and lists, as written.
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _build_config(cfg: Namespace) -> SweepConfig:
+    # The dataclasses built here from the parsed values (not by jsonargparse's instantiation, which would also
+    # build any class_path object inside the fit options).
+    ev = cfg.evaluate
+    return SweepConfig(
+        output_dir=cfg.output_dir, base_config=cfg.base_config, fit=_plain(cfg.fit),
+        settings=[SettingConfig(**_plain(s)) for s in cfg.settings or []],
+        grid=None if cfg.grid is None else GridConfig(**_plain(cfg.grid)),
+        baselines=BaselinesConfig(**_plain(cfg.baselines)),
+        evaluate=SweepEvaluateConfig(
+            data=_plain(ev.data), generation=GenerationOptions(**_plain(ev.generation)), judge=_plain(ev.judge),
+            implicit=None if ev.implicit is None else ImplicitOptions(**_plain(ev.implicit)),
+            confidence=ev.confidence))
+
+
+def spec_from_config(cfg, sweep_file: Optional[Path] = None) -> SweepSpec:
+    """Check a parsed sweep configuration (a :func:`parse_args` Namespace) and resolve it into a :class:`SweepSpec`."""
+    where = f"sweep config {sweep_file}" if sweep_file is not None else "sweep config"
+    config = cfg if isinstance(cfg, SweepConfig) else _build_config(cfg)
+    base_path = _resolve_base(config.base_config, sweep_file, where)
+    if base_path is None and not config.fit:
+        raise ConfigError(f"{where}: give base_config (a fit config) and/or fit (fit options)")
+    settings = [_check_setting(f"settings[{i}]", s) for i, s in enumerate(config.settings)]
+    if config.grid is not None:
+        if not config.grid.layers:
+            raise ConfigError("grid.layers is empty; give a list of layer lists, e.g. [[5], [21], [27]]")
+        for i, (layers, gamma) in enumerate(itertools.product(config.grid.layers, config.grid.gamma or [None])):
+            settings.append(_check_setting(f"grid[{i}]", SettingConfig(layers=layers, gamma=gamma)))
+    if not settings:
+        raise ConfigError(f"{where}: no settings; give settings and/or grid")
+    names = [s.name for s in settings]
+    clashes = sorted({n for n in names if names.count(n) > 1} | ({SFT, DPO} & set(names)))
+    if clashes:
+        raise ConfigError(f"{where}: setting name(s) {clashes} are used twice or clash with the baselines "
+                          f"'sft'/'dpo'; give the settings names")
+    evaluate = config.evaluate
+    data_keys = {f.name for f in fields(DataOptions)}
+    unknown = sorted(set(evaluate.data) - data_keys)
+    if unknown:
+        raise ConfigError(f"{where}: evaluate.data has unknown key(s) {unknown}; allowed: {sorted(data_keys)}")
+    if not evaluate.judge.get("name"):
+        raise ConfigError(f"{where}: evaluate.judge needs a name (rule, openai or reward-model)")
+    if not config.output_dir:
+        raise ConfigError(f"{where}: give output_dir (in the file or with --output_dir)")
+    return SweepSpec(path=sweep_file, output_dir=Path(config.output_dir), base_config=base_path, fit=dict(config.fit),
+                     settings=settings, baselines={DPO: config.baselines.dpo, SFT: config.baselines.sft},
+                     evaluate=evaluate)
+
+
+def load_spec(path: str | Path, output_dir: Optional[str] = None) -> SweepSpec:
+    """Read and check a sweep file (``output_dir`` overrides the file's); errors name the key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep config {path} does not exist; give a sweep file (examples in configs/sweeps/)")
+    argv = ["--config", str(path)] + (["--output_dir", str(output_dir)] if output_dir else [])
+    cfg, _ = parse_args(argv)
+    return spec_from_config(cfg, path)
