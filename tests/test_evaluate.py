@@ -4,13 +4,19 @@ the generation cache, prompt loading, implicit-reward accuracy and the command l
 import itertools
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from lit_idpo import evaluate as ev
-from lit_idpo.judges import Judge, RuleJudge, Verdict
+from lit_idpo import evaluation as ev
+from lit_idpo.errors import ConfigError
+from lit_idpo.evaluation import Judge, RuleJudge, Verdict
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 # --------------------------------------------------------------------------------------------------
@@ -40,6 +46,54 @@ def test_wilson_interval_matches_published_values():
     # 5 of 10 and 0 of 10 (Newcombe 1998, table I style values).
     assert ev.wilson_interval(0.5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert ev.wilson_interval(0.0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+
+
+def test_t_interval_against_a_hand_computed_value():
+    # 1, 2, 3, 4: mean 2.5, s = sqrt(5/3) = 1.290994; t(0.975, 3) = 3.182446 (printed table);
+    # half-width 3.182446 * 1.290994 / 2 = 2.054260 -> [0.445740, 4.554260].
+    interval = ev.t_interval([1.0, 2.0, 3.0, 4.0], 0.95)
+    assert (interval.low, interval.high, interval.method) == (pytest.approx(0.445740, abs=2e-6),
+                                                              pytest.approx(4.554260, abs=2e-6), "t")
+    # Clipped to the range the values can take, and only there.
+    clipped = ev.t_interval([1.0, 2.0, 3.0, 4.0], 0.95, bounds=(0.0, 4.0))
+    assert (clipped.low, clipped.high) == (pytest.approx(0.445740, abs=2e-6), 4.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        ev.t_interval([1.0])
+
+
+def test_score_summary_uses_the_one_t_interval_unclipped_and_wilson_for_right_wrong():
+    # Reward-model scores have no range: the same t-interval as above, not clipped.
+    summary = ev.score_summary([1.0, 2.0, 3.0, 4.0], 0.95)
+    assert summary["ci_method"] == "t" and summary["mean"] == 2.5 and summary["n"] == 4
+    assert (summary["ci_low"], summary["ci_high"]) == (pytest.approx(0.445740, abs=2e-6),
+                                                       pytest.approx(4.554260, abs=2e-6))
+    # Right/wrong scores: 5 of 10 right -> the Wilson interval (0.2366, 0.7634).
+    binary = ev.score_summary([1.0] * 5 + [0.0] * 5, 0.95)
+    assert binary["ci_method"] == "wilson" and binary["mean"] == 0.5
+    assert (binary["ci_low"], binary["ci_high"]) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert ev.score_summary([0.3], 0.95)["ci_low"] is None  # one non-binary score: no interval
+
+
+def test_old_module_paths_still_work():
+    import lit_idpo.evaluate as old_evaluate
+    import lit_idpo.judges as old_judges
+
+    for module in (old_evaluate, old_judges):
+        for name in module.__all__:
+            assert getattr(module, name) is getattr(ev, name), name
+    assert old_evaluate.main is ev.main and old_judges.JudgeError is ev.JudgeError
+
+
+def test_judge_errors_are_user_errors_with_their_old_bases():
+    from lit_idpo.errors import UserError
+
+    assert issubclass(ev.JudgeError, UserError) and issubclass(ev.JudgeError, RuntimeError)
+    assert issubclass(ev.JudgeAuthError, ev.JudgeError)
+
+
+def test_statistics_import_no_torch():
+    code = "import lit_idpo.evaluation.statistics, sys; assert 'torch' not in sys.modules, sorted(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_win_rate_counts_and_interval_by_hand():
@@ -95,7 +149,8 @@ def test_swapping_the_models_mirrors_the_result():
     backward = ev.summarize_verdicts("y", "x", order2, order1)
     assert backward.win_rate == pytest.approx(1 - forward.win_rate)
     assert (backward.wins, backward.ties, backward.losses) == (forward.losses, forward.ties, forward.wins)
-    assert backward.ci_low == pytest.approx(1 - forward.ci_high) and backward.ci_high == pytest.approx(1 - forward.ci_low)
+    assert backward.ci_low == pytest.approx(1 - forward.ci_high)
+    assert backward.ci_high == pytest.approx(1 - forward.ci_low)
 
 
 def test_bootstrap_interval_against_the_exact_bootstrap_distribution():
@@ -225,9 +280,8 @@ def test_model_specs_names():
 
 
 def test_render_prompt_uses_the_chat_template_like_training():
-    from lit_idpo.data import PairTokenizer
     from lit_idpo.bundled import load_rows
-    from lit_idpo.data import NormalizedRow
+    from lit_idpo.data import NormalizedRow, PairTokenizer
     from lit_idpo.models import load_tokenizer
 
     tokenizer = load_tokenizer("tiny-llama")
@@ -235,7 +289,8 @@ def test_render_prompt_uses_the_chat_template_like_training():
     ids = ev.render_prompt_ids(tokenizer, row["prompt"])
     # The data module's own tokenisation of the same row: its prompt ids must be the same.
     pair_tok = PairTokenizer(tokenizer)
-    [(prompt_ids, _, _)] = pair_tok.encode_rendered([pair_tok.render(NormalizedRow("text", row["prompt"], row["chosen"], row["rejected"]))])
+    rendered = pair_tok.render(NormalizedRow("text", row["prompt"], row["chosen"], row["rejected"]))
+    [(prompt_ids, _, _)] = pair_tok.encode_rendered([rendered])
     assert ids == prompt_ids
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
 
@@ -264,6 +319,7 @@ def count_generate(monkeypatch):
     return state
 
 
+@pytest.mark.slow
 def test_cache_second_judge_and_interrupted_run_do_not_regenerate(tmp_path, count_generate):
     models = ev.parse_model_specs(["a=tiny-llama", "b=tiny-qwen2"])
     data = ev.DataOptions(limit=5)
@@ -273,7 +329,8 @@ def test_cache_second_judge_and_interrupted_run_do_not_regenerate(tmp_path, coun
     # An interrupted first run: the second generate call never happens.
     count_generate["fail_after"] = 1
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate(models, tmp_path / "r0", judge=RuleJudge(), data=data, generation=gen, cache_dir=cache, progress=False)
+        ev.evaluate(models, tmp_path / "r0", judge=RuleJudge(), data=data, generation=gen, cache_dir=cache,
+                    progress=False)
     assert count_generate["prompts"] == 2  # one batch of model a was generated and cached
 
     count_generate.update(fail_after=None, calls=0, prompts=0)
@@ -313,14 +370,16 @@ def test_fingerprint_follows_the_weights(tmp_path):
     model = load_model("tiny-llama")
     model.save_pretrained(tmp_path / "m")
     load_tokenizer("tiny-llama").save_pretrained(tmp_path / "m")
-    first = ev.model_fingerprint(str(tmp_path / "m"), tmp_path / "memo.json")
-    assert first == ev.model_fingerprint(str(tmp_path / "m"), tmp_path / "memo.json")
+    first = ev.model_fingerprint(str(tmp_path / "m"), memo_file=tmp_path / "memo.json")
+    assert first.startswith("sha256:") and first == ev.model_fingerprint(str(tmp_path / "m"),
+                                                                          memo_file=tmp_path / "memo.json")
     with torch.no_grad():
         model.model.norm.weight.add_(1.0)
     model.save_pretrained(tmp_path / "m")
-    assert ev.model_fingerprint(str(tmp_path / "m"), tmp_path / "memo.json") != first
+    assert ev.model_fingerprint(str(tmp_path / "m"), memo_file=tmp_path / "memo.json") != first
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(tmp_path):
     spec = ev.ModelSpec("a", "tiny-llama")
     prompts = ev.load_prompts(ev.DataOptions(limit=3))[0]
@@ -339,7 +398,8 @@ def test_lora_adapter_directory_loads_merged(tmp_path):
     base_dir = tmp_path / "base"
     load_model("tiny-llama").save_pretrained(base_dir)
     load_tokenizer("tiny-llama").save_pretrained(base_dir)
-    peft_model = get_peft_model(load_model(str(base_dir)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(load_model(str(base_dir)), lora)
     peft_model.save_pretrained(tmp_path / "adapter")
     load_tokenizer("tiny-llama").save_pretrained(tmp_path / "adapter")
     loaded = ev.load_eval_model(str(tmp_path / "adapter"))
@@ -357,7 +417,8 @@ def test_lora_adapter_directory_loads_merged(tmp_path):
 def _naive_logps(model, input_ids, attention, completion, layer, num_layers):
     """Summed completion log-probs at one layer from full logits (independent of sequence_logprobs)."""
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    out = model.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids, output_hidden_states=True)
+    out = model.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
+                      output_hidden_states=True)
     h = out.hidden_states[layer]
     if layer != num_layers:
         h = model.model.norm(h)
@@ -366,6 +427,7 @@ def _naive_logps(model, input_ids, attention, completion, layer, num_layers):
     return (token * completion[:, 1:]).sum(-1)
 
 
+@pytest.mark.slow
 def test_implicit_reward_accuracy_matches_a_naive_computation(tmp_path):
     from lit_idpo.data import PreferenceCollator, load_split, tokenize_rows
     from lit_idpo.models import load_model, load_tokenizer
@@ -379,8 +441,9 @@ def test_implicit_reward_accuracy_matches_a_naive_computation(tmp_path):
     tokenizer = load_tokenizer("tiny-llama")
     tokenizer.save_pretrained(tmp_path / "trained")
     data = ev.DataOptions(limit=6)
-    result = ev.implicit_reward_accuracy([ev.ModelSpec("p", str(tmp_path / "trained")), ev.ModelSpec("ref", "tiny-llama")],
-                                         "tiny-llama", data, ev.ImplicitOptions(layers=[1, 3, -1], beta=0.5, batch_size=4),
+    specs = [ev.ModelSpec("p", str(tmp_path / "trained")), ev.ModelSpec("ref", "tiny-llama")]
+    result = ev.implicit_reward_accuracy(specs, "tiny-llama", data,
+                                         ev.ImplicitOptions(layers=[1, 3, -1], beta=0.5, batch_size=4),
                                          progress=False)
     assert result["layers"] == [1, 3, 4] and result["pairs"] == 6
     assert list(result["models"]) == ["p"]  # the reference itself is skipped
@@ -427,12 +490,78 @@ def test_cli_evaluate_writes_json_and_markdown(tmp_path, capsys):
     assert len((out / "responses" / "a.jsonl").read_text().splitlines()) == 3
 
 
+TWO = ["--model", "a=tiny-llama", "--model", "b=tiny-gpt2", "--output_dir", "x"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "a=tiny-llama", "--output_dir", "x"], "at least twice"),
-    (["--model", "a=tiny-llama", "--model", "b=tiny-gpt2", "--output_dir", "x", "--judge", "openai"], "judge.base_url"),
-    (["--model", "a=tiny-llama", "--model", "b=tiny-gpt2", "--output_dir", "x", "--pair", "a"], "comma"),
+    (TWO + ["--judge", "openai"], "needs judge.base_url"),
+    (TWO + ["--judge.name", "openai", "--judge.base_url", "http://127.0.0.1:1/v1"], "needs judge.model"),
+    (TWO + ["--pair", "a"], "comma"),
+    (TWO + ["--judge.name", "gpt4"], r"judge.name='gpt4' is unknown; choose one of rule, openai, reward-model"),
+    (TWO + ["--judge.name", "rule", "--judge.model", "gpt-4o"], r"does not read judge option\(s\) judge.model"),
+    (TWO + ["--judge.temperature", "0.5"], r"does not read judge option\(s\) judge.temperature"),
+    (TWO + ["--judge.colour", "red"], r"unrecognized arguments: --judge.colour.*--help"),
+    (TWO + ["--data.limit", "0"], r"data.limit=0; it must be an integer >= 1"),
+    (["--output_dir", "x"], r"required: model"),
 ])
-def test_cli_errors_name_the_fix(argv, message, capsys):
-    with pytest.raises(SystemExit):
+def test_cli_errors_name_the_fix(argv, message):
+    # ConfigError is a UserError: `lit-idpo` prints it as one `lit-idpo: error: ...` line.
+    with pytest.raises(ConfigError, match=message):
         ev.main(argv)
-    assert message in capsys.readouterr().err
+
+
+def test_cli_old_spellings_still_read():
+    args = ev.build_parser().parse_args(["--model", "a", "--model=b", "--output_dir", "o", "--judge", "rule",
+                                         "--pair", "a,b", "--no_progress", "--judge.max_tokens=none"])
+    assert args.model == ["a", "b"] and args.pair == ["a,b"] and args.judge.name == "rule"
+    assert args.progress is False and args.judge.max_tokens is None
+
+
+def _tiny_config(tmp_path):
+    """configs/evaluate_tiny.yaml with its output_dir moved under tmp_path."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "configs" / "evaluate_tiny.yaml").read_text())
+    config["output_dir"] = str(tmp_path / "out")
+    path = tmp_path / "evaluate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def test_cli_evaluate_with_the_example_config(tmp_path, capsys):
+    from lit_idpo.cli import main
+
+    path, config = _tiny_config(tmp_path)
+    main(["evaluate", "--config", str(path)])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    [pair] = results["pairs"]
+    assert (pair["first"], pair["second"], pair["prompts"]) == ("llama", "qwen2", config["data"]["limit"])
+    assert results["generation"]["max_new_tokens"] == config["generation"]["max_new_tokens"]
+    assert results["judge"] == {"name": "rule", "answer_field": "answer"}
+    assert "| llama | qwen2 |" in capsys.readouterr().out
+
+
+def test_cli_print_config_round_trips(tmp_path, capsys):
+    import yaml
+
+    from lit_idpo.cli import main
+
+    path, config = _tiny_config(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--config", str(path), "--judge.name", "none", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"] == config["model"] and printed["judge"]["name"] == "none"
+    assert printed["data"]["limit"] == config["data"]["limit"] and "config" not in printed
+    assert not (tmp_path / "out").exists()  # printing the config runs nothing
+
+
+def test_cli_help_shows_nested_options_with_their_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        ev.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--judge.name NAME", "--judge.model MODEL", "--data.limit LIMIT",
+                     "--generation.max_new_tokens MAX_NEW_TOKENS", "--config CONFIG", "--print_config",
+                     "longest response in tokens", "openai: the judge model's name on that server"):
+        assert expected in text

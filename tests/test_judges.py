@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from lit_idpo import evaluate as ev
-from lit_idpo.judges import (Comparison, JudgeAuthError, JudgeError, OpenAIJudge, RewardModelJudge, RuleJudge,
-                             build_judge, parse_verdict)
+from lit_idpo.judges import (
+    Comparison,
+    JudgeAuthError,
+    JudgeError,
+    OpenAIJudge,
+    RewardModelJudge,
+    RuleJudge,
+    build_judge,
+    parse_verdict,
+)
 
 KEY = "sk-test-SECRET-1234567890"
 
@@ -66,7 +74,8 @@ def test_build_judge_rejects_unknown_options():
 
 
 def _completion(content):
-    return {"id": "x", "object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+    return {"id": "x", "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
 
 
 class _Server:
@@ -307,7 +316,8 @@ def test_http_judge_in_both_orders_with_a_verdict_cache_and_no_key_on_disk(serve
     records = [ev.PromptRecord(i, f"What is {i} + {4 - i}?", "", "", {"answer": 4}) for i in range(3)]
     responses = {"right": [f"{i} + {4 - i} = 4." for i in range(3)], "wrong": [f"{i} + {4 - i} = 5." for i in range(3)]}
     with caplog.at_level(logging.DEBUG):
-        [result], _ = ev.judge_pairs([("right", "wrong")], responses, records, judge, cache_dir=tmp_path, progress=False)
+        [result], _ = ev.judge_pairs([("right", "wrong")], responses, records, judge, cache_dir=tmp_path,
+                                     progress=False)
     assert result.win_rate == 1.0 and result.judgments == 6 and result.first_shown_preference == 0.5
     assert len(s.requests) == 6
     # A second run with the same judge reads the cached verdicts and asks nothing.
@@ -333,7 +343,8 @@ def reward_model_dir(tmp_path_factory):
 
     tokenizer = load_tokenizer("tiny-llama")
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
     path = tmp_path_factory.mktemp("rm") / "reward_model"
@@ -348,8 +359,8 @@ def _independent_score(path, prompt, response):
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path).eval()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                                         tokenize=False)
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         return model(**ids).logits[0, 0].item()
@@ -377,7 +388,8 @@ def test_reward_model_tie_margin_and_label_checks(reward_model_dir, tmp_path):
         RewardModelJudge(str(reward_model_dir), label_index=1)
     from transformers import AutoModelForSequenceClassification
 
-    two = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=2, ignore_mismatched_sizes=True)
+    two = AutoModelForSequenceClassification.from_pretrained(reward_model_dir, num_labels=2,
+                                                             ignore_mismatched_sizes=True)
     two.save_pretrained(tmp_path / "two")
     from transformers import AutoTokenizer
 

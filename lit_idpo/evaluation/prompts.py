@@ -1,0 +1,85 @@
+"""The held-out prompts: read and validated as the data module reads training rows, rendered as it renders them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple, Union
+
+from lit_idpo.errors import DataError
+from lit_idpo.evaluation.options import DataOptions
+
+Message = Dict[str, str]
+Prompt = Union[str, List[Message]]
+
+
+@dataclass
+class PromptRecord:
+    """One held-out prompt: its row index in the split, the prompt, the reference pair and the raw row."""
+
+    index: int
+    prompt: Prompt
+    chosen: Any
+    rejected: Any
+    row: Dict[str, Any]
+
+
+def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]:
+    """The prompts of a held-out split, validated and normalised as the data module does.
+
+    Each row is kept whole, so judges can read extra fields (the rule judge reads ``answer``).
+    Returns the records (in split order) and counts: rows read, prompts kept, skipped per reason.
+    """
+    from lit_idpo.data import BadRowError, detect_format, load_split, normalize_row
+
+    rows = load_split(data.source, data.split, data_files=data.data_files, subset=data.subset)
+    fmt = None if data.format == "auto" else data.format
+    records: List[PromptRecord] = []
+    skipped: Dict[str, int] = {}
+    read = 0
+    for index, row in enumerate(rows):
+        if data.limit is not None and len(records) >= data.limit:
+            break
+        read += 1
+        try:
+            if fmt is None:
+                fmt = detect_format(row)
+            normal = normalize_row(row, fmt)
+        except BadRowError as err:
+            if data.on_bad_row == "skip":
+                skipped[err.reason] = skipped.get(err.reason, 0) + 1
+                continue
+            raise BadRowError(err.reason, err.field,
+                              f"split {data.split!r} of {data.source!r}, row {index}, field {err.field!r}: "
+                              f"{err.problem}. Fix the data, or set data.on_bad_row to skip (skipped rows are "
+                              f"counted).") from None
+        records.append(PromptRecord(index, normal.prompt, normal.chosen, normal.rejected, dict(row)))
+    stats = {"source": data.source, "split": data.split, "format": fmt or "?", "rows_read": read,
+             "prompts": len(records), "skipped": skipped}
+    if not records:
+        raise DataError(f"split {data.split!r} of {data.source!r} gave no usable prompts ({stats}); check data.source, "
+                        f"data.split and data.format")
+    return records, stats
+
+
+def render_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:
+    """A prompt's token ids, rendered as the data module renders a training prompt.
+
+    With a chat template: the prompt (a string becomes one user turn) with ``add_generation_prompt``;
+    without one: the plain string. BOS is put in front only when the tokenizer normally adds one and
+    the text does not already start with it.
+    """
+    from lit_idpo.data import PairTokenizer
+
+    pair_tok = PairTokenizer(tokenizer)
+    if pair_tok.has_template:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        raise DataError("the prompts are message lists, but the model's tokenizer has no chat template to render "
+                        "them; evaluate such data with chat models only")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if pair_tok.adds_bos and (not ids or ids[0] != pair_tok.bos):
+        ids = [pair_tok.bos] + ids
+    return ids
