@@ -280,8 +280,6 @@ class Sweep:
 
     def evaluate(self, progress: bool = True) -> Dict[str, Any]:
         """Judge every setting against DPO and SFT (and DPO against SFT); write the table and the plot."""
-        from lit_idpo.judges import build_judge
-
         ev = _evaluation()
         options = self.spec.evaluate
         data_raw = {"source": self.base.data.source, "split": self.base.data.val_split,
@@ -292,7 +290,7 @@ class Sweep:
                               f"unknown; set evaluate.data.split (and evaluate.data.source if it differs)")
         data = DataOptions(**data_raw)
         judge_raw = dict(options.judge)
-        judge = build_judge(judge_raw.pop("name"), **judge_raw)
+        judge = ev.build_judge(judge_raw.pop("name"), **judge_raw)
         models = []
         if self.spec.baselines.get(SFT):
             models.append(ev.ModelSpec(SFT, self.base_model))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
+from lit_idpo.storage import atomic_write
 from lit_idpo.sweep_spec import DPO, SFT
 
 __all__ = ["format_sweep_markdown", "plot_sweep"]
@@ -136,7 +137,6 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
     fig.suptitle(f"Intermediate DPO vs DPO and vs SFT: {summary['base_model']}, judge {judge}, "
                  f"{summary['prompts']['prompts']} prompts", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
