@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from lit_idpo.errors import ConfigError
+
 TASKS = ("arithmetic",)
 SPLITS = ("train", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -162,7 +164,8 @@ def make_rows(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST) ->
     for category in CATEGORIES:
         facts = category.facts()
         if len(facts) < category.count:
-            raise ValueError(f"category {category.name!r} has {len(facts)} facts, fewer than its count {category.count}")
+            raise ValueError(f"category {category.name!r} has {len(facts)} facts, fewer than its count "
+                             f"{category.count}")
         rng.shuffle(facts)
         for a, op, b in facts[: category.count]:
             if category.swap_operands and rng.random() < 0.5:
@@ -201,11 +204,11 @@ def dumps_jsonl(rows: List[dict]) -> str:
 def dataset_path(task: str, split: str) -> Path:
     """Path of a bundled split's JSON-lines file."""
     if task not in TASKS:
-        raise ValueError(f"source 'bundled:{task}' is unknown; bundled tasks are: "
-                         f"{', '.join('bundled:' + t for t in TASKS)}")
+        raise ConfigError(f"data.source='bundled:{task}' is unknown; bundled tasks are: "
+                          f"{', '.join('bundled:' + t for t in TASKS)}")
     if split not in SPLITS:
-        raise ValueError(f"bundled:{task} has no split {split!r}; its splits are {list(SPLITS)} "
-                         f"(set train_split / val_split accordingly)")
+        raise ConfigError(f"bundled:{task} has no split {split!r}; its splits are {list(SPLITS)} (set "
+                          f"data.train_split / data.val_split, or evaluate's data.split, accordingly)")
     return DATA_DIR / f"{task}_{split}.jsonl"
 
 

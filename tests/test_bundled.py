@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lit_idpo import bundled
+from lit_idpo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_RE = re.compile(r"^What is (\d+) ([-+*]) (\d+)\? Answer briefly\.$")
@@ -125,7 +126,7 @@ def test_is_correct():
 
 
 def test_unknown_task_or_split():
-    with pytest.raises(ValueError, match="bundled:arithmetic"):
+    with pytest.raises(ConfigError, match="data.source='bundled:algebra' is unknown.*bundled:arithmetic"):
         bundled.dataset_path("algebra", "train")
-    with pytest.raises(ValueError, match="'validation'.*train_split / val_split"):
+    with pytest.raises(ConfigError, match="'validation'.*data.train_split / data.val_split"):
         bundled.dataset_path("arithmetic", "validation")

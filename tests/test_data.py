@@ -155,7 +155,8 @@ class BosAddingTokenizer:
         out = self.tok(text, add_special_tokens=False)
         if add_special_tokens:
             lead = [self.bos_token_id]
-            out["input_ids"] = [lead + x for x in out["input_ids"]] if isinstance(text, list) else lead + out["input_ids"]
+            ids = out["input_ids"]
+            out["input_ids"] = [lead + x for x in ids] if isinstance(text, list) else lead + ids
         return out
 
     def apply_chat_template(self, *args, **kwargs):
@@ -284,7 +285,11 @@ def test_bad_row_errors_name_row_and_field(fmt, row, reason, field, tok):
         tokenize_rows(rows, tok, format="auto" if fmt == "standard" else fmt)
     assert info.value.reason == reason and info.value.field == field
     message = str(info.value)
-    assert "row 1," in message and f"field {field!r}" in message and "on_bad_row='skip'" in message
+    assert "row 1 (0-based" in message and "data.on_bad_row=skip" in message
+    # The field is named ("fields 'chosen' and 'rejected'" for the pair); a missing one is never called empty.
+    assert f"field {field!r}" in message or all(f"'{part}'" in message for part in field.split("/"))
+    if reason == "missing_field":
+        assert ("is missing" in message or "is null" in message) and "empty" not in message
 
 
 @pytest.mark.parametrize("fmt, row, reason, field", CASES)
@@ -300,7 +305,7 @@ def test_prompt_not_prefix_is_a_bad_row(tok):
     # A template that names the assistant differently in the generation prompt than in a finished turn.
     odd.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                          "{% endfor %}{% if add_generation_prompt %}<|im_start|>bot\n{% endif %}")
-    with pytest.raises(BadRowError, match="row 0, field 'chosen'.*not a prefix"):
+    with pytest.raises(BadRowError, match="row 0 .*field 'chosen'.*not a prefix"):
         tokenize_rows(STANDARD, odd)
     pairs, stats = tokenize_rows(STANDARD, odd, on_bad_row="skip")
     assert stats.dropped == {"prompt_not_prefix": 3}
@@ -310,7 +315,7 @@ def test_completions_with_identical_tokens_are_a_bad_row(tok):
     trimming = copy.deepcopy(tok)
     trimming.chat_template = tok.chat_template.replace("message['content']", "message['content'] | trim")
     rows = [{"prompt": "p", "chosen": "Same.", "rejected": "Same.  "}]
-    with pytest.raises(BadRowError, match="row 0, field 'chosen/rejected'.*same tokens"):
+    with pytest.raises(BadRowError, match="row 0 .*fields 'chosen' and 'rejected'.*same tokens"):
         tokenize_rows(rows, trimming)
     assert tokenize_rows(rows, trimming, on_bad_row="skip")[1].dropped == {"identical_completions": 1}
 
@@ -369,7 +374,8 @@ def test_batches_from_the_module(tmp_path, tok, padding_side):
                 assert batch["completion_mask"][row].tolist() == \
                     [0] * (lead + len(prompt)) + [1] * len(completion) + [0] * tail
                 masked = batch["input_ids"][row][batch["completion_mask"][row].bool()]
-                assert tok.decode(masked) == (rows[pair]["chosen"] if row < n else rows[pair]["rejected"]) + "<|im_end|>"
+                completion = rows[pair]["chosen"] if row < n else rows[pair]["rejected"]
+                assert tok.decode(masked) == completion + "<|im_end|>"
     assert sorted(seen) == list(range(len(rows)))
 
 
@@ -458,9 +464,9 @@ def test_source_and_argument_errors(tmp_path):
         PreferenceDataModule(TOK, format="xml")
     with pytest.raises(ValueError, match="batch_size=0"):
         PreferenceDataModule(TOK, batch_size=0)
-    with pytest.raises(ValueError, match="max_prompt_length=64 must be smaller than max_length=64"):
+    with pytest.raises(ValueError, match="max_prompt_length=64 must be smaller than data.max_length=64"):
         PreferenceDataModule(TOK, max_length=64, max_prompt_length=64)
-    with pytest.raises(ValueError, match="line 2 is not valid JSON"):
+    with pytest.raises(ValueError, match=r"broken.jsonl, line 2: invalid JSON \(Expecting property name"):
         (tmp_path / "broken.jsonl").write_text(json.dumps(STANDARD[0]) + "\n{oops\n")
         PreferenceDataModule(TOK, source=str(tmp_path / "broken.jsonl"), val_split=None).setup("fit")
 
