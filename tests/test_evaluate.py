@@ -4,6 +4,7 @@ the generation cache, prompt loading, implicit-reward accuracy and the command l
 import itertools
 import json
 import math
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -260,7 +261,7 @@ def test_load_prompts_keeps_rows_and_counts_skips(tmp_path):
     assert [r.index for r in records] == [0, 2]
     assert records[0].prompt == [{"role": "user", "content": "hi"}] and records[0].row["answer"] == 3
     assert stats["skipped"] == {"identical_completions": 1} and stats["format"] == "conversational"
-    with pytest.raises(ValueError, match=r"row 1, field 'chosen/rejected'.*on_bad_row"):
+    with pytest.raises(ValueError, match=r"prefs.jsonl, line 2: field 'chosen/rejected'.*on_bad_row"):
         ev.load_prompts(ev.DataOptions(source=str(path), split="train"))
 
 
@@ -509,6 +510,15 @@ def test_cli_errors_name_the_fix(argv, message):
     # ConfigError is a UserError: `lit-idpo` prints it as one `lit-idpo: error: ...` line.
     with pytest.raises(ConfigError, match=message):
         ev.main(argv)
+
+
+@pytest.mark.slow  # a fresh interpreter importing the CLI (Lightning): several seconds
+def test_real_cli_prints_a_config_error_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lit_idpo.cli", "evaluate", *TWO, "--judge.name", "gpt4"],
+                            capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "LIT_IDPO_DEBUG": ""})
+    assert result.returncode != 0
+    assert result.stderr.startswith("lit-idpo: error: judge.name='gpt4' is unknown")
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_old_spellings_still_read():

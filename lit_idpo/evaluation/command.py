@@ -154,15 +154,19 @@ def evaluate(models: Sequence[ModelSpec], output_dir: Union[str, Path], *, judge
 # --------------------------------------------------------------------------------------------------
 
 
+DESCRIPTION = ("Pairwise win rates (both orders, ties = 1/2, 95 % t-interval over prompts) of two or more models "
+               "on the held-out prompts of a preference data source, judged by a rule, an OpenAI-compatible chat "
+               "model or a reward model; plus implicit-reward accuracy per layer against a reference. Options can "
+               "come from a YAML file (--config; --print_config writes one).")
+
+
 # jsonargparse reads the option groups and their defaults from this signature; run never mutates them.
 def run(model: List[str], output_dir: str, data: DataOptions = DataOptions(),  # noqa: B008
         generation: GenerationOptions = GenerationOptions(), judge: JudgeOptions = JudgeOptions(),  # noqa: B008
         implicit: ImplicitOptions = ImplicitOptions(), pair: Optional[List[str]] = None,  # noqa: B008
         reference: Optional[str] = None, cache_dir: Optional[str] = None, confidence: float = 0.95,
         progress: bool = True) -> Dict[str, Any]:
-    """Pairwise win rates (both orders, ties = 1/2, 95 % t-interval over prompts) of two or more models on the
-    held-out prompts of a preference data source, judged by a rule, an OpenAI-compatible chat model or a reward
-    model; plus implicit-reward accuracy per layer against a reference.
+    """Run ``lit-idpo evaluate``: evaluate the models, print the markdown report, return the results.
 
     Args:
         model: a model to evaluate, ``[NAME=]SOURCE`` (repeat --model; a list in a config file): a Hugging Face
@@ -230,7 +234,7 @@ def build_parser():
         def parse_args(self, args=None, *rest, **kwargs):  # reads the older spellings too
             return super().parse_args(None if args is None else _legacy_argv(args), *rest, **kwargs)
 
-    parser = EvaluateParser(prog="lit-idpo evaluate", description=run.__doc__.split("\n\n")[0].replace("\n", " "),
+    parser = EvaluateParser(prog="lit-idpo evaluate", description=DESCRIPTION,
                             exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (see --print_config)")
     parser.add_function_arguments(run, skip={"progress"}, as_positional=False)

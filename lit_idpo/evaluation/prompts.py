@@ -29,7 +29,7 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
     Each row is kept whole, so judges can read extra fields (the rule judge reads ``answer``).
     Returns the records (in split order) and counts: rows read, prompts kept, skipped per reason.
     """
-    from lit_idpo.data import BadRowError, detect_format, load_split, normalize_row
+    from lit_idpo.data import BadRowError, detect_format, load_split, normalize_row, row_location
 
     rows = load_split(data.source, data.split, data_files=data.data_files, subset=data.subset)
     fmt = None if data.format == "auto" else data.format
@@ -48,10 +48,11 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
             if data.on_bad_row == "skip":
                 skipped[err.reason] = skipped.get(err.reason, 0) + 1
                 continue
+            # Name the row as the user counts it (a JSONL file: its line number).
+            where = row_location(rows, index, f"split {data.split!r} of {data.source!r}")
             raise BadRowError(err.reason, err.field,
-                              f"split {data.split!r} of {data.source!r}, row {index}, field {err.field!r}: "
-                              f"{err.problem}. Fix the data, or set data.on_bad_row to skip (skipped rows are "
-                              f"counted).") from None
+                              f"field {err.field!r}: {err.problem}. Fix the data, or set data.on_bad_row to skip "
+                              f"(skipped rows are counted).", where=where) from None
         records.append(PromptRecord(index, normal.prompt, normal.chosen, normal.rejected, dict(row)))
     stats = {"source": data.source, "split": data.split, "format": fmt or "?", "rows_read": read,
              "prompts": len(records), "skipped": skipped}
