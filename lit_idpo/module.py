@@ -393,10 +393,11 @@ class IntermediateDPO(LightningModule):
     def on_train_end(self) -> None:
         # Sharded policies (FSDP) are gathered first, by every rank: the gather is a collective.
         state = gathered_state(self.trainer.strategy.model, "policy.") if is_sharded(self._trainer) else None
+        # trainer.log_dir is a collective too (a broadcast under DDP/FSDP): read it on every rank or not at all.
+        target = self.hparams.hf_output_dir or os.path.join(self.trainer.log_dir or self.trainer.default_root_dir,
+                                                            "hf_model")
         if not self.trainer.is_global_zero:
             return
-        log_dir = self.trainer.log_dir or self.trainer.default_root_dir
-        target = self.hparams.hf_output_dir or os.path.join(log_dir, "hf_model")
         self.save_hf_model(target, state_dict=state)
         rank_zero_info(f"lit-idpo: saved the trained policy as a Hugging Face model directory: {target}")
 

@@ -65,7 +65,7 @@ def main() -> None:
         json.dump({"losses": [recorder.losses[step] for step in sorted(recorder.losses)],
                    "world_size": trainer.world_size,
                    "reference_loaded": module.reference_network is not None,
-                   "cached_splits": sorted(module.reference.tables)}, f)
+                   "cached_splits": sorted(getattr(module.reference, "tables", {}))}, f)
     if rank == 0:
         from safetensors.torch import save_file
 

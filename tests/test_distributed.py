@@ -64,6 +64,7 @@ def _compare(ranks, params, single_process):
     assert moved > 1e-3  # the weights did change, so the comparison says something
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one_process_and_build_the_cache(tmp_path, single_process):
     ranks, params = _launch(tmp_path, "ddp", "--cache", str(tmp_path / "cache"))
     _compare(ranks, params, single_process)
@@ -73,6 +74,7 @@ def test_ddp_two_processes_match_one_process_and_build_the_cache(tmp_path, singl
     assert written == ["train.safetensors", "val.safetensors"]
 
 
+@pytest.mark.slow
 def test_fsdp2_two_processes_match_one_process(tmp_path, single_process):
     """FSDP2 (fully_shard per decoder block + the causal LM as root unit) shards policy and reference;
     the fused head reads the LM-head weight inside the root unit's forward, where it is whole."""

@@ -11,6 +11,7 @@ import yaml
 
 from lit_idpo.cli import IntermediateDPOCLI, main
 from lit_idpo.data import PreferenceDataModule
+from lit_idpo.errors import ConfigError
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.losses import preference_loss
 from lit_idpo.module import IntermediateDPO, LoraOptions, default_intermediate_layer
@@ -64,16 +65,34 @@ def test_default_layer_is_the_papers_relative_depth():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(layers=[4]), "final layer"),
-    (dict(layers=[2, 2]), "twice"),
-    (dict(layers=[9]), "out of range"),
-    (dict(loss_type="bad"), "loss_type"),
-    (dict(gamma=2.0), "gamma"),
-    (dict(on_nonfinite_loss="ignore"), "on_nonfinite_loss"),
+    (dict(layers=[4]), r"model\.layers lists the final layer \(4\).*remove it"),
+    (dict(layers=[2, 2]), r"model\.layers=\[2, 2\] lists a layer twice"),
+    (dict(layers=[9]), r"model\.layers: 9 is out of range .* use 1\.\.4"),
+    (dict(loss_type="bad"), r"model\.loss_type='bad' is unknown; choose one of"),
+    (dict(gamma=2.0), r"model\.gamma=2\.0 must be in \[0, 1\]"),
+    (dict(beta=0.0), r"model\.beta=0\.0 must be > 0"),
+    (dict(label_smoothing=0.5), r"model\.label_smoothing=0\.5 must be in \[0, 0\.5\)"),
+    (dict(label_smoothing=0.1, loss_type="ipo"), r"model\.label_smoothing applies to .*'ipo'; set it to 0"),
+    (dict(on_nonfinite_loss="ignore"), r"model\.on_nonfinite_loss='ignore': choose 'error' or 'skip'"),
+    (dict(lora={"rank": 4, "size": 2}), r"model\.lora: unknown option\(s\) \['size'\]"),
+    (dict(lora={"rank": 4}, reference_model="tiny-llama"),
+     r"model\.reference_model cannot be combined with model\.lora"),
 ])
-def test_bad_options(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_options_are_config_errors_naming_the_option(kwargs, match):
+    """A user error (``lit-idpo: error: ...`` without a traceback), still a ValueError for old ``except`` clauses."""
+    with pytest.raises(ConfigError, match=match) as raised:
         IntermediateDPO(model="tiny-llama", **kwargs)
+    assert isinstance(raised.value, ValueError)
+
+
+def test_reference_of_another_depth_is_a_config_error(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=1000)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "two-layers")
+    with pytest.raises(ConfigError, match=r"model\.reference_model must have as many decoder blocks as model \(4"):
+        IntermediateDPO(model="tiny-llama", reference_model=str(tmp_path / "two-layers"))
 
 
 def test_nonfinite_loss_stops_with_step_and_batch():
@@ -146,7 +165,7 @@ def test_every_config_parses(config):
 
 def test_bad_config_value_is_refused(tmp_path):
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match=r"model\.beta.*not-a-number"):
         _ParseOnlyCLI(IntermediateDPO, PreferenceDataModule, run=False,
                       args=["--config", str(config), "--model.beta", "not-a-number"])
 
@@ -191,6 +210,7 @@ def test_checkpoint_leaves_out_the_reference_and_resumes(tmp_path):
     restored.load_state_dict(checkpoint["state_dict"], strict=True)
 
 
+@pytest.mark.slow
 def test_quickstart_config_runs_on_the_embedded_model(tmp_path, monkeypatch):
     """The README's main command, shortened to two steps: the real SmolLM2-135M-Instruct learns."""
     pytest.importorskip("gguf")

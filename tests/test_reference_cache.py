@@ -1,5 +1,6 @@
 """Cached reference log-probs: built once, used without the reference, refused when stale or damaged."""
 
+import json
 import shutil
 
 import lightning.pytorch as pl
@@ -152,3 +153,36 @@ def test_ipo_length_averaging_is_applied_to_cached_sums(tmp_path, built_cache):
     torch.testing.assert_close(loss_cached, loss_live, rtol=1e-5, atol=1e-6)
     with pytest.raises(ReferenceCacheError, match="split=None"):
         cached.compute_loss(batch)
+
+
+def test_a_cache_of_the_previous_format_is_refused_with_the_rebuild_error(tmp_path, built_cache):
+    """Version 1 keyed the weights on another fingerprint: its key would never match, so the version says why."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from lit_idpo.errors import UserError
+    from lit_idpo.reference_cache import CACHE_VERSION
+
+    assert CACHE_VERSION == 2
+    cache = tmp_path / "cache"
+    shutil.copytree(built_cache[0], cache)
+    path = cache / "train.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lit_idpo"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    meta["version"] = 1
+    save_file(tensors, str(path), metadata={"lit_idpo": json.dumps(meta)})
+    expected = r"cache format version 1 \(this lit-idpo writes 2\).*Delete"
+    with pytest.raises(ReferenceCacheError, match=expected) as raised:
+        _fit(tmp_path, str(cache), steps=1)
+    assert isinstance(raised.value, UserError) and isinstance(raised.value, RuntimeError)
+
+
+def test_cached_weights_key_is_the_shared_model_fingerprint(built_cache):
+    from safetensors import safe_open
+
+    from lit_idpo.fingerprint import model_fingerprint
+
+    with safe_open(str(built_cache[0] / "train.safetensors"), framework="pt") as f:
+        reference = json.loads(f.metadata()["lit_idpo"])["reference"]
+    assert reference == {"source": "tiny-llama", "dtype": "float32", "weights": model_fingerprint("tiny-llama", seed=0)}

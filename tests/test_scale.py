@@ -3,6 +3,7 @@ and the fused head reading a weight that is only whole inside its module's forwa
 
 import importlib
 import math
+import re
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,10 +13,11 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scale_common import LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
 from lit_idpo.data import PreferenceDataModule
+from lit_idpo.errors import UserError
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.models import load_model
-from lit_idpo.module import (CheckpointError, IntermediateDPO, LoraOptions, SafeCheckpointIO, decoder_blocks,
-                             load_checkpoint_safely)
+from lit_idpo.module import CheckpointError, IntermediateDPO, LoraOptions, SafeCheckpointIO, load_checkpoint_safely
+from lit_idpo.sharding import decoder_blocks
 
 
 def _data(pairs=4, batch_size=4, **kwargs):
@@ -31,6 +33,7 @@ def _module(tmp_path, lr=1e-2, **overrides):
 # ------------------------------------------------------------------------------------------ precision
 
 
+@pytest.mark.slow
 def test_bf16_precisions_use_the_low_precision_head_and_stay_close_to_fp32(tmp_path, monkeypatch):
     seen = []
     op = importlib.import_module("lit_idpo.kernels.linear_logprobs")  # the op's module (the op casts for autocast)
@@ -80,7 +83,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
             # A pre-hook on the block's first child: transformers checkpoints the block's forward (not
             # __call__), so the block's own hooks never see the recomputation, and torch's early stop ends
             # the recomputation once the last saved tensor is back, before later children's post-hooks.
-            block.input_layernorm.register_forward_pre_hook(lambda *args: calls.append(1))
+            block.input_layernorm.register_forward_pre_hook(lambda *args, calls=calls: calls.append(1))
         loss, _ = module.compute_loss(batch)
         forward_calls = len(calls)
         loss.backward()
@@ -128,6 +131,7 @@ def _resume_runs(tmp_path, pairs, batch_size, crash_at, steps):
     return whole, whole_module, crashed, resumed, resumed_module, int(latest.stem.split("step=")[1])
 
 
+@pytest.mark.slow
 def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
     """One batch per epoch (the whole set): what is restored is the weights, the AdamW moments and the
     loop counters, and the continued run must match step for step."""
@@ -145,6 +149,7 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_at_an_epoch_boundary_with_several_batches_per_epoch(tmp_path):
     whole, _, _, resumed, _, saved_at = _resume_runs(tmp_path, 6, 2, crash_at=4, steps=7)
     assert saved_at == 3  # end of epoch 0
@@ -175,6 +180,7 @@ def _poison_second_training_batch(module):
     module.compute_loss = poisoned
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_in_a_trainer_skips_the_step_or_stops_naming_it(tmp_path):
     module = _module(tmp_path, on_nonfinite_loss="skip")
     _poison_second_training_batch(module)
@@ -196,7 +202,8 @@ def test_nonfinite_loss_in_a_trainer_skips_the_step_or_stops_naming_it(tmp_path)
 def test_checkpoints_load_without_unpickling_code(tmp_path):
     pytest.importorskip("peft")
     pl.seed_everything(0)
-    module = _module(tmp_path, lr=5e-2, lora=LoraOptions(rank=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    lora = LoraOptions(rank=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    module = _module(tmp_path, lr=5e-2, lora=lora)
     trainer = make_trainer(2, [ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)],
                            enable_checkpointing=True, default_root_dir=str(tmp_path))
     trainer.fit(module, _data())
@@ -242,8 +249,8 @@ def test_unreadable_checkpoints_give_a_clear_error(tmp_path):
 
 
 
-def test_cli_names_a_damaged_ckpt_path(tmp_path, monkeypatch):
-    """``lit-idpo fit --ckpt_path`` with a cut-short file: a CheckpointError naming it, not a zip error."""
+def test_cli_names_a_damaged_ckpt_path(tmp_path, monkeypatch, capsys):
+    """``lit-idpo fit --ckpt_path`` with a cut-short file: one error line naming it, not a zip error's traceback."""
     from lit_idpo.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -252,8 +259,13 @@ def test_cli_names_a_damaged_ckpt_path(tmp_path, monkeypatch):
     truncated = tmp_path / "cut.ckpt"
     truncated.write_bytes(good.read_bytes()[:300])
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
-    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*cut\.ckpt \(300 bytes\).*damaged"):
+    with pytest.raises(SystemExit) as exited:
         main(["fit", "--config", str(config), "--trainer.max_steps", "1", "--ckpt_path", str(truncated)])
+    assert exited.value.code != 0
+    err = capsys.readouterr().err
+    assert re.search(r"^lit-idpo: error: cannot read checkpoint .*cut\.ckpt \(300 bytes\).*damaged", err, re.M), err
+    assert "Traceback" not in err
+    assert issubclass(CheckpointError, UserError) and issubclass(CheckpointError, RuntimeError)
 
 
 def test_remote_code_is_not_run_unless_trusted(tmp_path):
@@ -264,7 +276,8 @@ def test_remote_code_is_not_run_unless_trusted(tmp_path):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps({
         "model_type": "lit-idpo-remote-test", "architectures": ["RemoteForCausalLM"],
-        "auto_map": {"AutoConfig": "modeling_remote.RemoteConfig", "AutoModelForCausalLM": "modeling_remote.RemoteForCausalLM"}}))
+        "auto_map": {"AutoConfig": "modeling_remote.RemoteConfig",
+                     "AutoModelForCausalLM": "modeling_remote.RemoteForCausalLM"}}))
     (tmp_path / "model" / "modeling_remote.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     with pytest.raises(ValueError, match="trust_remote_code"):
         IntermediateDPO(model=str(tmp_path / "model"))
@@ -305,7 +318,8 @@ def test_head_weight_is_read_inside_the_owning_module_forward(part):
     else:  # whole only during the causal LM's own forward
         head = model.lm_head
         model.register_forward_pre_hook(lambda *a: head._parameters.__setitem__("weight", full))
-        model.register_forward_hook(lambda *a: head._parameters.__setitem__("weight", torch.nn.Parameter(full.detach()[:1])))
+        model.register_forward_hook(
+            lambda *a: head._parameters.__setitem__("weight", torch.nn.Parameter(full.detach()[:1])))
         head._parameters["weight"] = torch.nn.Parameter(full.detach()[:1])
     assert model.lm_head.weight.shape[0] == 1  # outside any forward the weight is not usable
     got = sequence_logprobs(model, *args, backend="torch")
