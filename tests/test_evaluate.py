@@ -365,6 +365,26 @@ def test_cache_second_judge_and_interrupted_run_do_not_regenerate(tmp_path, coun
     assert count_generate["prompts"] == 5
 
 
+def test_generation_and_verdict_caches_skip_a_torn_last_line(tmp_path):
+    cache = ev.GenerationCache(tmp_path, "sha256:abc", {"max_new_tokens": 3}, "tiny-llama")
+    cache.append([("k1", ev.Generation("4", 1, "eos", 7)), ("k2", ev.Generation("5 + 1", 3, "length", 9))])
+    with cache.path.open("a") as f:
+        f.write('{"key": "k3", "response": "cut sh')  # a run killed mid-write
+    assert ev.GenerationCache(tmp_path, "sha256:abc", {"max_new_tokens": 3}, "tiny-llama").load() == {
+        "k1": ev.Generation("4", 1, "eos", 7), "k2": ev.Generation("5 + 1", 3, "length", 9)}
+    meta = json.loads(cache.path.with_name(cache.path.stem + ".meta.json").read_text())
+    assert meta == {"source": "tiny-llama", "fingerprint": "sha256:abc", "settings": {"max_new_tokens": 3}}
+
+    judge = _FirstShownJudge()
+    verdicts = ev.JudgmentCache(tmp_path, judge)
+    comparison = ev.Comparison("p", "a", "b")
+    verdicts.add([(comparison, Verdict("A", "why")), (ev.Comparison("p", "b", "a"), Verdict(None, "no verdict"))])
+    with verdicts.path.open("a") as f:
+        f.write('{"key": "x", "win')
+    again = ev.JudgmentCache(tmp_path, judge)
+    assert again.entries == {again.key(comparison): Verdict("A", "why")}  # no-verdicts are asked again
+
+
 def test_fingerprint_follows_the_weights(tmp_path):
     from lit_idpo.models import load_model, load_tokenizer
 
