@@ -45,18 +45,23 @@ def test_debug_shows_the_traceback(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # each starts Lightning in a child process
 @pytest.mark.parametrize("args, needles", [
     (["fit", "--config", TINY, "--model.nonexistent", "1"], ["--model.nonexistent"]),
     (["fit", "--config", "/nonexistent/fit.yaml"], ["/nonexistent/fit.yaml", "does not exist"]),
     (["validate", "--config", TINY, "--trainer.max_steps", "many"], ["trainer.max_steps", "many"]),
+], ids=["unknown-key", "missing-config", "bad-validate-value"])
+def test_fit_config_errors_are_one_line_without_traceback(tmp_path, args, needles):
+    _assert_one_line_error(_lit_idpo(*args, cwd=tmp_path), *needles)
+
+
+@pytest.mark.parametrize("args, needles", [
     (["sweep", "--config", str(ROOT / "configs" / "sweeps" / "tiny.yaml"), "--settings", "[{layer: [1]}]"],
      ["settings", "'layer'"]),
     (["sweep", "--config", "/nonexistent/sweep.yaml"], ["/nonexistent/sweep.yaml", "does not exist"]),
     (["nonsense"], ["unknown subcommand 'nonsense'", "fit", "sweep"]),
-], ids=["unknown-key", "missing-config", "bad-validate-value", "bad-sweep-setting", "missing-sweep-file",
-        "unknown-subcommand"])
-def test_config_errors_are_one_line_without_traceback(tmp_path, args, needles):
+], ids=["bad-sweep-setting", "missing-sweep-file", "unknown-subcommand"])
+def test_sweep_and_command_errors_are_one_line_without_traceback(tmp_path, args, needles):
     _assert_one_line_error(_lit_idpo(*args, cwd=tmp_path), *needles)
 
 
@@ -75,6 +80,7 @@ def _fit_args(tmp_path):
             "--trainer.logger", "false"]
 
 
+@pytest.mark.slow  # loads Lightning and the models
 def test_a_user_error_raised_inside_lightnings_fit_reaches_the_wrapper(tmp_path, monkeypatch, capsys):
     # Lightning runs DataModule.setup inside Trainer.fit (_call_and_handle_interrupt); the UserError must
     # come out as itself, not wrapped, so the wrapper prints it as one line.
@@ -124,6 +130,7 @@ def test_a_two_line_message_stays_two_lines_and_a_longer_one_is_joined(monkeypat
         "lit-idpo: error: one two three"]
 
 
+@pytest.mark.slow  # loads Lightning and the models
 def test_no_import_cycle_between_cli_fit_and_sweep():
     # Each module imports on its own in a fresh interpreter, and the sweep and fit logic never load the CLI.
     code = ("import sys, importlib\n"
