@@ -135,16 +135,15 @@ def _resolve_options(options: Optional[LinearLogprobsOptions], keywords: dict) -
             f"linear_logprobs: options must be a LinearLogprobsOptions or None, got {type(options).__name__}.")
     if not keywords:
         return _DEFAULT_OPTIONS if options is None else options
+    if options is not None:
+        conflicts = {k: v for k, v in keywords.items() if getattr(options, k) != v}
+        if conflicts:
+            detail = ", ".join(f"{k}={v!r} but options.{k}={getattr(options, k)!r}" for k, v in conflicts.items())
+            raise TypeError(f"linear_logprobs: conflicting options ({detail}); pass them once, in options= only.")
     given = ", ".join(f"{k}={v!r}" for k, v in keywords.items())
     warnings.warn(f"linear_logprobs({given}) is deprecated and will be removed in the next release; pass "
                   f"options=LinearLogprobsOptions({given}) instead.", DeprecationWarning, stacklevel=3)
-    if options is None:
-        return LinearLogprobsOptions(**keywords)
-    conflicts = {k: v for k, v in keywords.items() if getattr(options, k) != v}
-    if conflicts:
-        detail = ", ".join(f"{k}={v!r} but options.{k}={getattr(options, k)!r}" for k, v in conflicts.items())
-        raise TypeError(f"linear_logprobs: conflicting options ({detail}); pass them once, in options= only.")
-    return options
+    return LinearLogprobsOptions(**keywords) if options is None else options
 
 
 def linear_logprobs(

@@ -30,6 +30,7 @@ def test_kernels_and_bare_package_load_no_framework(code):
     assert _loaded_heavy_modules(code) == []
 
 
+@pytest.mark.slow  # importing Lightning in a fresh interpreter: 5-15 s here
 def test_a_name_that_needs_lightning_loads_it_on_first_use():
     # The probe itself: proves the check above can see Lightning when it is there.
     assert "lightning" in _loaded_heavy_modules("from lit_idpo import IntermediateDPO")

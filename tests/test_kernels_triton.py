@@ -248,7 +248,8 @@ def test_ignore_index_and_batch_dims():
 
     h = hidden3.clone().requires_grad_()
     w = weight.clone().requires_grad_()
-    value = linear_logprobs(h, w, targets2, options=LinearLogprobsOptions(backend="triton", ignore_index=-100))  # [B, T]
+    options = LinearLogprobsOptions(backend="triton", ignore_index=-100)
+    value = linear_logprobs(h, w, targets2, options=options)  # [B, T]
     value.backward(upstream2)
     assert value.shape == (b, t) and value.dtype == torch.float64
 
