@@ -44,14 +44,14 @@ def head_truth(hidden, weight, targets, upstream, ignore_index: int = IGNORE_IND
 
     Returns ``(values [*lead], grad_hidden, grad_weight)``.
     """
-    h = hidden.detach().double().cpu().requires_grad_()
-    w = weight.detach().double().cpu().requires_grad_()
-    t = targets.cpu()
+    h = hidden.detach().double().requires_grad_()
+    w = weight.detach().double().requires_grad_()
+    t = targets
     keep = t != ignore_index
     logits = h @ w.t()
     token = torch.log_softmax(logits, dim=-1).gather(-1, torch.where(keep, t, 0).unsqueeze(-1)).squeeze(-1)
     value = torch.where(keep, token, torch.zeros_like(token))
-    grad_h, grad_w = torch.autograd.grad(value, (h, w), upstream.detach().double().cpu())
+    grad_h, grad_w = torch.autograd.grad(value, (h, w), upstream.detach().double())
     return value.detach(), grad_h, grad_w
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import layer_logprob_sums
 
 from lit_idpo import evaluation as ev
 from lit_idpo.errors import ConfigError
@@ -435,19 +436,6 @@ def test_lora_adapter_directory_loads_merged(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _naive_logps(model, input_ids, attention, completion, layer, num_layers):
-    """Summed completion log-probs at one layer from full logits (independent of sequence_logprobs)."""
-    position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
-    out = model.model(input_ids=input_ids, attention_mask=attention, position_ids=position_ids,
-                      output_hidden_states=True)
-    h = out.hidden_states[layer]
-    if layer != num_layers:
-        h = model.model.norm(h)
-    logp = torch.log_softmax(model.lm_head(h).double(), -1)[:, :-1]
-    token = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    return (token * completion[:, 1:]).sum(-1)
-
-
 @pytest.mark.slow
 def test_implicit_reward_accuracy_matches_a_naive_computation(tmp_path):
     from lit_idpo.data import PreferenceCollator, load_split, tokenize_rows
@@ -475,7 +463,7 @@ def test_implicit_reward_accuracy_matches_a_naive_computation(tmp_path):
     args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
     with torch.no_grad():
         for i, layer in enumerate([1, 3, 4]):
-            delta = _naive_logps(policy, *args, layer, 4) - _naive_logps(reference, *args, layer, 4)
+            delta = layer_logprob_sums(policy, *args, [layer])[0] - layer_logprob_sums(reference, *args, [layer])[0]
             margin = 0.5 * (delta[:6] - delta[6:])
             assert result["models"]["p"]["accuracy"][i] == pytest.approx((margin > 0).double().mean().item())
             assert result["models"]["p"]["margin"][i] == pytest.approx(margin.mean().item(), abs=1e-4)
@@ -549,10 +537,10 @@ def test_cli_old_spellings_still_read():
 
 
 def _tiny_config(tmp_path):
-    """configs/evaluate_tiny.yaml with its output_dir moved under tmp_path."""
+    """configs/evaluate/tiny.yaml with its output_dir moved under tmp_path."""
     import yaml
 
-    config = yaml.safe_load((REPO / "configs" / "evaluate_tiny.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs" / "evaluate" / "tiny.yaml").read_text())
     config["output_dir"] = str(tmp_path / "out")
     path = tmp_path / "evaluate.yaml"
     path.write_text(yaml.safe_dump(config))

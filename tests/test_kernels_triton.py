@@ -15,40 +15,23 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import head_inputs, head_truth
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
 from lit_idpo.kernels.triton_fused import triton_linear_logprobs
 
+
+def _rows(shape):
+    """(n, d, v) -> the head_inputs arguments ((n,), d, v)."""
+    n, d, v = shape
+    return (n,), d, v
+
 OPTS = LinearLogprobsOptions(backend="triton")
 NAIVE = LinearLogprobsOptions(backend="naive")
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def _inputs(n, d, v, dtype=torch.float64, scale=1.0, seed=0, device="cpu"):
-    """hidden [n, d], weight [v, d], targets [n] (first/last row hit the first/last token), upstream grad [n]."""
-    gen = torch.Generator().manual_seed(seed)
-    # Scale so that logits have a spread of a few units regardless of d (a realistic softmax).
-    std = scale / max(d, 1) ** 0.25
-    hidden = (torch.randn(n, d, generator=gen, dtype=torch.float64) * std).to(device=device, dtype=dtype)
-    weight = (torch.randn(v, d, generator=gen, dtype=torch.float64) * std).to(device=device, dtype=dtype)
-    targets = torch.randint(0, v, (n,), generator=gen)
-    targets[0] = 0
-    targets[-1] = v - 1
-    upstream = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
-    return hidden, weight, targets.to(device), upstream
-
-
-def _truth(hidden, weight, targets, upstream):
-    """float64 values and gradients of log_softmax(hidden @ weight.T)[r, t_r], from explicit logits."""
-    h = hidden.detach().double().requires_grad_()
-    w = weight.detach().double().requires_grad_()
-    logits = h @ w.t()  # [N, V]
-    value = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N]
-    grad_h, grad_w = torch.autograd.grad(value, (h, w), upstream.double())
-    return value.detach(), grad_h, grad_w
 
 
 def _run(fn, hidden, weight, targets, upstream, need_h=True, need_w=True):
@@ -86,9 +69,9 @@ SHAPES = [
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "N{}-d{}-V{}".format(*s))
 def test_float64_matches_truth_direct(shape):
-    hidden, weight, targets, upstream = _inputs(*shape)
+    hidden, weight, targets, upstream = head_inputs(*_rows(shape))
     value, grad_h, grad_w = _run(_direct, hidden, weight, targets, upstream)
-    ref, ref_h, ref_w = _truth(hidden, weight, targets, upstream)
+    ref, ref_h, ref_w = head_truth(hidden, weight, targets, upstream)
     assert value.dtype == torch.float64 and value.shape == (shape[0],)
     assert grad_h.dtype == grad_w.dtype == torch.float64
     torch.testing.assert_close(value, ref, rtol=0, atol=1e-12)
@@ -98,11 +81,11 @@ def test_float64_matches_truth_direct(shape):
 
 @pytest.mark.parametrize("frozen", ["none", "hidden", "weight"])
 def test_float64_public_entry_and_frozen_inputs(frozen):
-    hidden, weight, targets, upstream = _inputs(13, 24, 150, seed=1)
+    hidden, weight, targets, upstream = head_inputs((13,), 24, 150, seed=1)
     value, grad_h, grad_w = _run(
         _public, hidden, weight, targets, upstream, need_h=frozen != "hidden", need_w=frozen != "weight"
     )
-    ref, ref_h, ref_w = _truth(hidden, weight, targets, upstream)
+    ref, ref_h, ref_w = head_truth(hidden, weight, targets, upstream)
     torch.testing.assert_close(value, ref, rtol=0, atol=1e-12)
     if frozen == "hidden":
         assert grad_h is None
@@ -115,7 +98,7 @@ def test_float64_public_entry_and_frozen_inputs(frozen):
 
 
 def test_non_contiguous_inputs():
-    hidden, weight, targets, upstream = _inputs(9, 20, 70, seed=2)
+    hidden, weight, targets, upstream = head_inputs((9,), 20, 70, seed=2)
     # Same values, other memory layouts: weight stored as [d, V] and viewed transposed; hidden a
     # strided slice of a wider tensor.
     weight_t = weight.t().contiguous().t()  # [V, d] with strides (1, V)
@@ -124,7 +107,7 @@ def test_non_contiguous_inputs():
     hidden_s = wide[:, ::2]  # [N, d] with strides (40, 2)
     assert not weight_t.is_contiguous() and not hidden_s.is_contiguous()
     value, grad_h, grad_w = _run(_direct, hidden_s, weight_t, targets, upstream)
-    ref, ref_h, ref_w = _truth(hidden, weight, targets, upstream)
+    ref, ref_h, ref_w = head_truth(hidden, weight, targets, upstream)
     torch.testing.assert_close(value, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_h, ref_h, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_w, ref_w, rtol=0, atol=1e-12)
@@ -132,9 +115,9 @@ def test_non_contiguous_inputs():
 
 def test_large_logits_stay_finite_and_exact():
     # Logits in the hundreds: exp overflows float32 without the running max.
-    hidden, weight, targets, upstream = _inputs(6, 16, 130, dtype=torch.float32, scale=12.0, seed=3)
+    hidden, weight, targets, upstream = head_inputs((6,), 16, 130, dtype=torch.float32, scale=12.0, seed=3)
     value, grad_h, grad_w = _run(_direct, hidden, weight, targets, upstream)
-    ref, ref_h, ref_w = _truth(hidden, weight, targets, upstream)
+    ref, ref_h, ref_w = head_truth(hidden, weight, targets, upstream)
     assert (hidden.double() @ weight.double().t()).abs().max() > 200
     assert torch.isfinite(value).all() and torch.isfinite(grad_h).all() and torch.isfinite(grad_w).all()
     assert (value <= 0).all()
@@ -155,7 +138,7 @@ def test_all_logits_far_below_zero():
     upstream = torch.randn(n, generator=gen, dtype=torch.float64)
     assert (hidden.double() @ weight.double().t()).max() < -250
     value, grad_h, grad_w = _run(_direct, hidden, weight, targets, upstream)
-    ref, ref_h, ref_w = _truth(hidden, weight, targets, upstream)
+    ref, ref_h, ref_w = head_truth(hidden, weight, targets, upstream)
     assert torch.isfinite(value).all() and torch.isfinite(grad_h).all() and torch.isfinite(grad_w).all()
     torch.testing.assert_close(value.double(), ref, rtol=0, atol=1e-4)
     torch.testing.assert_close(grad_h.double(), ref_h, rtol=0, atol=1e-4)
@@ -168,7 +151,7 @@ def test_all_logits_far_below_zero():
 
 
 def test_gradcheck_full_tiny():
-    hidden, weight, targets, _ = _inputs(2, 3, 20, seed=4)
+    hidden, weight, targets, _ = head_inputs((2,), 3, 20, seed=4)
     h, w = hidden.requires_grad_(), weight.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: triton_linear_logprobs(a, b, targets, OPTS), (h, w))
 
@@ -176,7 +159,7 @@ def test_gradcheck_full_tiny():
 @pytest.mark.parametrize("frozen", ["none", "hidden", "weight"])
 def test_gradcheck_fast_mode(frozen):
     # Two vocab tiles, split over two programs in the forward.
-    hidden, weight, targets, _ = _inputs(5, 18, 70, seed=5)
+    hidden, weight, targets, _ = head_inputs((5,), 18, 70, seed=5)
     h = hidden.requires_grad_(frozen != "hidden")
     w = weight.requires_grad_(frozen != "weight")
     assert torch.autograd.gradcheck(
@@ -210,7 +193,7 @@ def _assert_no_worse(fused, eager, truth, eps):
 
 
 def _no_worse_than_eager(hidden, weight, targets, upstream, fused_fn):
-    truth = _truth(hidden, weight, targets, upstream)
+    truth = head_truth(hidden, weight, targets, upstream)
     fused = _run(fused_fn, hidden, weight, targets, upstream)
     eager = _run(lambda h, w, t: linear_logprobs(h, w, t, options=NAIVE), hidden, weight, targets, upstream)
     out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
@@ -223,12 +206,12 @@ def _no_worse_than_eager(hidden, weight, targets, upstream, fused_fn):
 @pytest.mark.parametrize("shape", [(33, 40, 257), (5, 24, 300)], ids=lambda s: "N{}-d{}-V{}".format(*s))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_low_precision_no_worse_than_eager(dtype, shape, seed):
-    hidden, weight, targets, upstream = _inputs(*shape, dtype=dtype, scale=2.0, seed=seed)
+    hidden, weight, targets, upstream = head_inputs(*_rows(shape), dtype=dtype, scale=2.0, seed=seed)
     _no_worse_than_eager(hidden, weight, targets, upstream, _direct)
 
 
 def test_direct_call_rejects_mixed_dtypes():
-    hidden, weight, targets, _ = _inputs(3, 8, 20, dtype=torch.float32)
+    hidden, weight, targets, _ = head_inputs((3,), 8, 20, dtype=torch.float32)
     with pytest.raises(ValueError, match="share a dtype"):
         triton_linear_logprobs(hidden.bfloat16(), weight, targets, OPTS)
 
@@ -240,7 +223,7 @@ def test_direct_call_rejects_mixed_dtypes():
 
 def test_ignore_index_and_batch_dims():
     b, t, d, v = 2, 9, 24, 70
-    hidden, weight, targets, upstream = _inputs(b * t, d, v, seed=6)
+    hidden, weight, targets, upstream = head_inputs((b * t,), d, v, seed=6)
     targets[[1, 4, 5, 12, 17]] = -100  # scattered rows, including the very last one
     hidden3 = hidden.reshape(b, t, d)  # [B, T, d]
     targets2 = targets.reshape(b, t)  # [B, T]
@@ -254,7 +237,7 @@ def test_ignore_index_and_batch_dims():
     assert value.shape == (b, t) and value.dtype == torch.float64
 
     keep = targets != -100  # [B*T]
-    ref, ref_h, ref_w = _truth(hidden[keep], weight, targets[keep], upstream[keep])
+    ref, ref_h, ref_w = head_truth(hidden[keep], weight, targets[keep], upstream[keep])
     flat_value = value.detach().reshape(-1)
     flat_gh = h.grad.reshape(-1, d)
     assert (flat_value[~keep] == 0).all()
@@ -290,7 +273,7 @@ class _LargestTensor(TorchDispatchMode):
 @pytest.mark.parametrize("backend", ["naive", "triton"])
 def test_never_allocates_rows_by_vocab(backend):
     n, d, v = 40, 8, 300  # N*V = 12000 dwarfs every legitimate tensor (the largest: weight, grad_weight, V*d = 2400)
-    hidden, weight, targets, upstream = _inputs(n, d, v, dtype=torch.float32, seed=7)
+    hidden, weight, targets, upstream = head_inputs((n,), d, v, dtype=torch.float32, seed=7)
     h, w = hidden.requires_grad_(), weight.requires_grad_()
     with _LargestTensor() as mode:
         value = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(backend=backend))
@@ -310,7 +293,7 @@ def test_never_allocates_rows_by_vocab(backend):
 @needs_cuda
 def test_cuda_bf16_realistic_no_worse_than_eager():
     n, d, v = 4096, 4096, 32000
-    hidden, weight, targets, upstream = _inputs(n, d, v, dtype=torch.bfloat16, scale=2.0, seed=10, device="cuda")
+    hidden, weight, targets, upstream = head_inputs((n,), d, v, dtype=torch.bfloat16, scale=2.0, seed=10, device="cuda")
     # Truth in float32 (IEEE, no TF32) on the GPU: float64 at this size is slow and its extra
     # accuracy is far below bf16 resolution.
     assert not torch.backends.cuda.matmul.allow_tf32
@@ -330,16 +313,16 @@ def test_cuda_bf16_realistic_no_worse_than_eager():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(1, 4096, 50257), (3, 1000, 5001), (1000, 77, 3001)], ids=str)
 def test_cuda_ragged_shapes_no_worse_than_eager(dtype, shape):
-    hidden, weight, targets, upstream = _inputs(*shape, dtype=dtype, scale=2.0, seed=11, device="cuda")
+    hidden, weight, targets, upstream = head_inputs(*_rows(shape), dtype=dtype, scale=2.0, seed=11, device="cuda")
     _no_worse_than_eager(hidden, weight, targets, upstream, _direct)
 
 
 @cuda
 @needs_cuda
 def test_cuda_float64_and_gradcheck():
-    hidden, weight, targets, upstream = _inputs(37, 70, 333, seed=12, device="cuda")
+    hidden, weight, targets, upstream = head_inputs((37,), 70, 333, seed=12, device="cuda")
     value, grad_h, grad_w = _run(_direct, hidden, weight, targets, upstream)
-    ref, ref_h, ref_w = _truth(hidden, weight, targets, upstream)
+    ref, ref_h, ref_w = head_truth(hidden, weight, targets, upstream)
     torch.testing.assert_close(value, ref, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_h, ref_h, rtol=0, atol=1e-12)
     torch.testing.assert_close(grad_w, ref_w, rtol=0, atol=1e-12)
@@ -351,7 +334,7 @@ def test_cuda_float64_and_gradcheck():
 @needs_cuda
 def test_cuda_peak_memory_far_below_logits():
     n, d, v = 8192, 2048, 65536
-    hidden, weight, targets, upstream = _inputs(n, d, v, dtype=torch.bfloat16, seed=13, device="cuda")
+    hidden, weight, targets, upstream = head_inputs((n,), d, v, dtype=torch.bfloat16, seed=13, device="cuda")
     h, w = hidden.requires_grad_(), weight.requires_grad_()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()

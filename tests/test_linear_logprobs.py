@@ -12,31 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import head_truth
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs, torch_chunked
 
 BACKENDS = ["naive", "torch"]
 FROZEN = ["none", "weight", "hidden"]  # which input does NOT require grad
-
-
-# ----------------------------------------------------------------------------------------------- truth
-def truth(hidden, weight, targets, grad_out, ignore_index=-100):
-    """float64 log-probs and analytic gradients; ignored rows give 0 and no gradient."""
-    h = hidden.detach().double().reshape(-1, hidden.shape[-1])  # [N, d]
-    w = weight.detach().double()  # [V, d]
-    t = targets.reshape(-1)  # [N]
-    g = grad_out.detach().double().reshape(-1)  # [N]
-    keep = t != ignore_index
-    t_safe = torch.where(keep, t, torch.zeros_like(t))
-    logits = h @ w.T  # [N, V]
-    m = logits.max(dim=1, keepdim=True).values
-    lse = m.squeeze(1) + (logits - m).exp().sum(dim=1).log()  # [N]
-    logp = torch.where(keep, logits[torch.arange(len(t)), t_safe] - lse, torch.zeros_like(lse))
-    p = (logits - lse[:, None]).exp()  # [N, V]
-    dlogits = (torch.nn.functional.one_hot(t_safe, w.shape[0]).double() - p) * (g * keep)[:, None]  # [N, V]
-    grad_h = (dlogits @ w).reshape(hidden.shape)
-    grad_w = dlogits.T @ h
-    return logp.reshape(targets.shape), grad_h, grad_w
 
 
 def make_inputs(lead, d, vocab, dtype=torch.float64, seed=0, scale=1.0):
@@ -79,7 +60,7 @@ SHAPES = [
 def test_matches_float64_truth(backend, frozen, lead, d, vocab, chunk_rows):
     hidden, weight, targets, grad_out = make_inputs(lead, d, vocab)
     out, gh, gw = run(hidden, weight, targets, grad_out, frozen, backend=backend, chunk_rows=chunk_rows)
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     assert out.dtype == torch.float64 and out.shape == targets.shape
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     if frozen == "hidden":
@@ -98,7 +79,7 @@ def test_matches_float64_truth(backend, frozen, lead, d, vocab, chunk_rows):
 def test_float32_close_to_truth(backend, frozen):
     hidden, weight, targets, grad_out = make_inputs((3, 7), 12, 203, dtype=torch.float32)
     out, gh, gw = run(hidden, weight, targets, grad_out, frozen, backend=backend, chunk_rows=5)
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
     if gh is not None:
@@ -114,7 +95,7 @@ def test_default_chunking_with_many_rows():
     hidden, weight, targets, grad_out = make_inputs((1100,), 3, 40)
     assert torch_chunked.default_chunk_rows(1100, 40) < 1100
     out, gh, gw = run(hidden, weight, targets, grad_out, backend="torch")
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gh, ref_gh, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(gw, ref_gw, rtol=1e-10, atol=1e-10)
@@ -134,7 +115,7 @@ def test_huge_logits_stay_finite(backend):
     # Logits in the thousands: exp would overflow without the max shift.
     hidden, weight, targets, grad_out = make_inputs((9,), 4, 33, scale=3000.0)
     out, gh, gw = run(hidden, weight, targets, grad_out, backend=backend, chunk_rows=4)
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     assert torch.isfinite(out).all() and torch.isfinite(gh).all() and torch.isfinite(gw).all()
     torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-7)
     torch.testing.assert_close(gh, ref_gh, rtol=1e-9, atol=1e-9)
@@ -148,7 +129,7 @@ def test_no_grad_forward(backend):
         out = linear_logprobs(hidden.requires_grad_(), weight.requires_grad_(), targets,
                               options=LinearLogprobsOptions(backend=backend))
     assert out.grad_fn is None and out.dtype == torch.float32
-    ref = truth(hidden, weight, targets, torch.zeros(6))[0]
+    ref = head_truth(hidden, weight, targets, torch.zeros(6))[0]
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -160,7 +141,7 @@ def test_backward_twice_with_retain_graph(frozen):
     out = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(backend="torch", chunk_rows=3))
     out.backward(grad_out, retain_graph=True)
     out.backward(grad_out)
-    _, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    _, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     if h.grad is not None:
         torch.testing.assert_close(h.grad, 2 * ref_gh, rtol=1e-10, atol=1e-10)
     if w.grad is not None:
@@ -174,7 +155,7 @@ def test_non_contiguous_inputs_and_int32_targets():
     assert not h.is_contiguous() and not w.is_contiguous()
     out = linear_logprobs(h, w, targets.int(), options=LinearLogprobsOptions(backend="torch", chunk_rows=4))
     out.backward(grad_out)
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h.grad, ref_gh, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(w.grad, ref_gw, rtol=1e-10, atol=1e-10)
@@ -188,7 +169,7 @@ def test_mixed_dtypes_promote():
     out = linear_logprobs(h, w, targets, options=LinearLogprobsOptions(backend="torch"))
     out.backward(grad_out.float())
     assert out.dtype == torch.float32 and h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
-    ref = truth(h.detach(), weight, targets, grad_out)[0]
+    ref = head_truth(h.detach(), weight, targets, grad_out)[0]
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -226,7 +207,7 @@ def test_low_precision_no_worse_than_eager(dtype, tol, frozen, peaked):
         targets = (hidden @ weight.T).argmax(dim=1)
         hidden = hidden * 8.0
     hidden, weight = hidden.to(dtype), weight.to(dtype)
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out)
     ours = run(hidden, weight, targets, grad_out, frozen, backend="torch", chunk_rows=32)
     base = eager(hidden, weight, targets, grad_out, frozen)
     for got, exp, want in zip(ours, base, (ref, ref_gh, ref_gw)):
@@ -245,7 +226,7 @@ def test_ignored_rows_are_zero_with_zero_grad(backend, ignore_index):
     targets[0, 1] = targets[2, :] = targets[3, 4] = ignore_index
     opts = dict(backend=backend, chunk_rows=3, ignore_index=ignore_index)
     out, gh, gw = run(hidden, weight, targets, grad_out, **opts)
-    ref, ref_gh, ref_gw = truth(hidden, weight, targets, grad_out, ignore_index=ignore_index)
+    ref, ref_gh, ref_gw = head_truth(hidden, weight, targets, grad_out, ignore_index=ignore_index)
     ignored = targets == ignore_index
     assert (out[ignored] == 0).all() and (gh[ignored] == 0).all()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
@@ -412,7 +393,7 @@ def test_autocast_casts_inside_the_op(backend, frozen):
         if g is not None:
             assert g.dtype == torch.float32 and torch.equal(g, g_low.float())
     # The bf16 path was really taken (float32 would be ~1e-6 from the truth), and is right to bf16 accuracy.
-    ref = truth(hidden, weight, targets, grad_out)[0]
+    ref = head_truth(hidden, weight, targets, grad_out)[0]
     assert max_err(got[0], full[0]) > 1e-4
     torch.testing.assert_close(got[0].double(), ref, rtol=0, atol=0.05)
 

@@ -2,43 +2,11 @@
 
 import pytest
 import torch
+from helpers import layer_logprob_sums, padded_rows
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
 from lit_idpo.logprobs import find_head_path, resolve_layers, sequence_logprobs
 from lit_idpo.models import load_model
-
-
-def _batch(vocab, generator, lengths=(9, 6, 11), prompt_lengths=(4, 2, 5), left=False):
-    """Random token rows with padding; the completion is everything after the prompt."""
-    T = max(lengths)
-    B = len(lengths)
-    input_ids = torch.full((B, T), 0, dtype=torch.long)
-    attention_mask = torch.zeros(B, T, dtype=torch.long)
-    completion_mask = torch.zeros(B, T, dtype=torch.long)
-    for b, (n, p) in enumerate(zip(lengths, prompt_lengths)):
-        start = T - n if left else 0
-        input_ids[b, start:start + n] = torch.randint(1, vocab, (n,), generator=generator)
-        attention_mask[b, start:start + n] = 1
-        completion_mask[b, start + p:start + n] = 1
-    return input_ids, attention_mask, completion_mask
-
-
-def _reference(model, input_ids, attention_mask, completion_mask, layers):
-    """float64 truth: full logits per layer from the CausalLM forward (right-padded input only)."""
-    model64 = model.double()
-    with torch.no_grad():
-        out = model64(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        path = find_head_path(model64)
-        result = []
-        for layer in resolve_layers(layers, path.num_layers):
-            if layer == path.num_layers:
-                logits = out.logits  # the model's own output path
-            else:
-                logits = path.lm_head(path.final_norm(out.hidden_states[layer]))
-            logp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-            result.append((logp * completion_mask[:, 1:]).sum(-1))
-    model.float()
-    return torch.stack(result)
 
 
 @pytest.mark.parametrize("source", ["tiny-llama", "tiny-gpt2", "tiny-qwen2"])
@@ -46,10 +14,10 @@ def _reference(model, input_ids, attention_mask, completion_mask, layers):
 def test_matches_full_forward(source, backend):
     model = load_model(source, seed=1).eval()
     g = torch.Generator().manual_seed(0)
-    ids, attn, comp = _batch(model.config.vocab_size, g)
+    ids, attn, comp = padded_rows(model.config.vocab_size, g)
     layers = [-1, 1, 3, -2, 4]
     got = sequence_logprobs(model.double(), ids, attn, comp, layers, backend=backend)
-    want = _reference(model, ids, attn, comp, layers)
+    want = layer_logprob_sums(model, ids, attn, comp, layers)
     assert got.shape == (len(layers), 3)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
     # -1 and 4 are both the final layer of a 4-block model.
@@ -60,7 +28,7 @@ def test_matches_full_forward(source, backend):
 def test_left_padding_equals_right_padding(source):
     model = load_model(source, seed=2).eval()
     g = torch.Generator().manual_seed(3)
-    right = _batch(model.config.vocab_size, g)
+    right = padded_rows(model.config.vocab_size, g)
     ids_r, attn_r, comp_r = right
     # Same rows, moved to the right end.
     ids_l, attn_l, comp_l = (torch.zeros_like(t) for t in right)
@@ -77,7 +45,7 @@ def test_left_padding_equals_right_padding(source):
 def test_gradients_flow_to_intermediate_layers_only_below_them():
     model = load_model("tiny-llama", seed=0)
     g = torch.Generator().manual_seed(0)
-    ids, attn, comp = _batch(model.config.vocab_size, g)
+    ids, attn, comp = padded_rows(model.config.vocab_size, g)
     out = sequence_logprobs(model, ids, attn, comp, [1])
     out.sum().backward()
     blocks = model.model.layers
@@ -91,7 +59,7 @@ def test_gradients_flow_to_intermediate_layers_only_below_them():
 def test_bad_layers(layers, match):
     model = load_model("tiny-llama")
     g = torch.Generator().manual_seed(0)
-    ids, attn, comp = _batch(model.config.vocab_size, g)
+    ids, attn, comp = padded_rows(model.config.vocab_size, g)
     with pytest.raises(ValueError, match=match):
         sequence_logprobs(model, ids, attn, comp, layers)
 
@@ -99,7 +67,7 @@ def test_bad_layers(layers, match):
 def test_bad_masks():
     model = load_model("tiny-llama")
     g = torch.Generator().manual_seed(0)
-    ids, attn, comp = _batch(model.config.vocab_size, g)
+    ids, attn, comp = padded_rows(model.config.vocab_size, g)
     bad = comp.clone()
     bad[:, 0] = 1
     with pytest.raises(ValueError, match="position 0"):
@@ -126,7 +94,7 @@ def test_direct_call_under_autocast_gives_trainings_numbers(backend):
     # give exactly what sequence_logprobs computes, because the autocast policy lives in the op.
     model = load_model("tiny-llama", seed=4).eval()
     g = torch.Generator().manual_seed(5)
-    ids, attn, comp = _batch(model.config.vocab_size, g)  # right-padded: positions are 0..T-1
+    ids, attn, comp = padded_rows(model.config.vocab_size, g)  # right-padded: positions are 0..T-1
     layers = [2, -1]
     path = find_head_path(model)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -143,7 +111,7 @@ def test_direct_call_under_autocast_gives_trainings_numbers(backend):
     assert trained.dtype == torch.float32
     torch.testing.assert_close(trained, torch.stack(direct), rtol=0, atol=0)
     # Both are the bf16 computation, within bf16 accuracy of the float64 truth (and not float32-exact).
-    want = _reference(model, ids, attn, comp, layers)
+    want = layer_logprob_sums(model, ids, attn, comp, layers)
     with torch.no_grad():
         full = sequence_logprobs(model, ids, attn, comp, layers, backend=backend)
     torch.testing.assert_close(trained.double(), want, rtol=0.02, atol=0.05)
