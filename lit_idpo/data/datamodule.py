@@ -110,7 +110,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        _check_options(locals())
+        _check_options(locals())  # every argument, by name
         self.save_hyperparameters()
         self.tokenizer_source = tokenizer
         self.source = source
