@@ -265,7 +265,8 @@ def wait_for_idle_cpu(max_wait: float, threshold: float = 0.85) -> bool:
     return False
 
 
-def run_case(case: Case, methods: dict, device: str, repeats: int, with_memory: bool, wait_idle: float = 0.0) -> list[dict]:
+def run_case(case: Case, methods: dict, device: str, repeats: int, with_memory: bool,
+             wait_idle: float = 0.0) -> list[dict]:
     hidden, weight, targets, grad_out = make_inputs(case, device)
     has_grad = case.grads != "none"
     fwd_bwd = {m: [] for m in methods}
@@ -305,7 +306,8 @@ def run_case(case: Case, methods: dict, device: str, repeats: int, with_memory: 
     for name in methods:
         peak = measure_memory(name, case, device) if (with_memory and name not in failed) else None
         med_fb = statistics.median(fwd_bwd[name]) if fwd_bwd[name] else None
-        flops = (8 if GRADS[case.grads][1] else 4) * case.n * case.vocab * case.d if has_grad else 2 * case.n * case.vocab * case.d
+        matmuls = (8 if GRADS[case.grads][1] else 4) if has_grad else 2
+        flops = matmuls * case.n * case.vocab * case.d
         rows.append(
             dict(
                 method=name,
@@ -331,7 +333,8 @@ def fmt(x, spec):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default: cpu)")
     parser.add_argument("--quick", action="store_true", help="a small subset, for smoke testing")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for the CSV and plot")
@@ -404,10 +407,12 @@ def main(argv=None):
         base = naive.get((r["n"], r["layers"], r["requires_grad"]))
         t_key = "fwd_bwd_s" if r["fwd_bwd_s"] is not None else "fwd_s"
         t_ratio = r[t_key] / base[t_key] if (base and base[t_key] and r[t_key]) else None
-        m_ratio = r["peak_extra_mb"] / base["peak_extra_mb"] if (base and base["peak_extra_mb"] and r["peak_extra_mb"] is not None) else None
+        comparable = base and base["peak_extra_mb"] and r["peak_extra_mb"] is not None
+        m_ratio = r["peak_extra_mb"] / base["peak_extra_mb"] if comparable else None
         line = (
             f"| {r['n']} | {r['layers']} | {r['requires_grad']} | {r['method']} | {fmt(r['fwd_bwd_s'], '.2f')} | "
-            f"{fmt(r['fwd_s'], '.2f')} | {fmt(r['peak_extra_mb'], '.0f')} | {fmt(t_ratio, '.2f')} | {fmt(m_ratio, '.3f')} |"
+            f"{fmt(r['fwd_s'], '.2f')} | {fmt(r['peak_extra_mb'], '.0f')} | "
+            f"{fmt(t_ratio, '.2f')} | {fmt(m_ratio, '.3f')} |"
         )
         if args.device == "cuda":
             line += f" {fmt(r['tflops'], '.1f')} |"
@@ -428,7 +433,8 @@ def plot(rows, path):
     for grads, style in (("hidden+weight", "-o"), ("hidden", "--s")):
         for method in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["n"], r["fwd_bwd_s"], r["peak_extra_mb"]) for r in rows
-                         if r["method"] == method and r["requires_grad"] == grads and r["layers"] == 1 and r["fwd_bwd_s"])
+                         if r["method"] == method and r["requires_grad"] == grads and r["layers"] == 1
+                         and r["fwd_bwd_s"])
             if not pts:
                 continue
             label = f"{method} ({'weight frozen' if grads == 'hidden' else 'both grads'})"

@@ -86,7 +86,8 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     total = sum(t["seconds"] for t in timings["invocations"])
     fit_total = sum(r.get("fit_seconds") or 0 for r in summary["rows"])
     lines = ["# Reproduction in miniature: results", "",
-             f"Written by `benchmarks/reproduce_intermediate_dpo.py` on {time.strftime('%Y-%m-%d')}. Method and choices: "
+             f"Written by `benchmarks/reproduce_intermediate_dpo.py` on {time.strftime('%Y-%m-%d')}. "
+             "Method and choices: "
              f"[`../REPRODUCTION.md`](../REPRODUCTION.md).", "",
              format_sweep_markdown(summary), "", "## Reading the intervals", ""]
     for r in summary["rows"]:

@@ -108,7 +108,7 @@ def model_directory(source: str, revision: Optional[str] = None) -> Path:
 
 def model_fingerprint(source: str, *, revision: Optional[str] = None, seed: int = 0,
                       memo_file: Optional[Path] = None) -> str:
-    """What identifies a model: ``"sha256:<hex>"`` over its model-defining files, or ``"state-dict:<hex>"`` for a tiny model.
+    """What identifies a model: ``"sha256:<hex>"`` over its model-defining files (``"state-dict:<hex>"``: tiny model).
 
     ``memo_file`` (JSON) remembers file hashes between runs. Raises :class:`ModelSourceError` when
     the source cannot be found or holds no weight files.

@@ -52,9 +52,8 @@ def preference_loss(
     if loss_type == "sigmoid":
         return -(1 - label_smoothing) * F.logsigmoid(beta * margin) - label_smoothing * F.logsigmoid(-beta * margin)
     if loss_type == "robust":
-        return (-(1 - label_smoothing) * F.logsigmoid(beta * margin) + label_smoothing * F.logsigmoid(-beta * margin)) / (
-            1 - 2 * label_smoothing
-        )
+        agree, disagree = F.logsigmoid(beta * margin), F.logsigmoid(-beta * margin)
+        return (-(1 - label_smoothing) * agree + label_smoothing * disagree) / (1 - 2 * label_smoothing)
     if loss_type == "hinge":
         return torch.relu(1 - beta * margin)
     return (margin - 1 / (2 * beta)) ** 2  # ipo
@@ -105,7 +104,8 @@ def intermediate_dpo_loss(
     """
     shapes = {t.shape for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)}
     if len(shapes) != 1:
-        raise ValueError(f"intermediate_dpo_loss: all four inputs must have one shape [1 + K, B], got {sorted(map(tuple, shapes))}.")
+        raise ValueError("intermediate_dpo_loss: all four inputs must have one shape [1 + K, B], "
+                         f"got {sorted(map(tuple, shapes))}.")
     if policy_chosen.dim() != 2 or policy_chosen.shape[0] < 1:
         raise ValueError(f"intermediate_dpo_loss: inputs must be [1 + K, B], got {tuple(policy_chosen.shape)}.")
     if not 0.0 <= gamma <= 1.0:

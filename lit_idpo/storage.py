@@ -70,7 +70,7 @@ def atomic_write_json(path: PathLike, data: Any, *, indent: int = 2) -> Path:
 
 
 def read_json_or(path: PathLike, default: Any) -> Any:
-    """``path``'s JSON, or ``default`` when the file is missing or unreadable (for memo files that are only a speed-up)."""
+    """``path``'s JSON, or ``default`` when it is missing or unreadable (memo files that are only a speed-up)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -46,7 +46,8 @@ def test_intermediate_combination_closed_form(loss_type, gamma):
     loss, metrics = intermediate_dpo_loss(pc, pr, rc, rr, beta=beta, gamma=gamma, loss_type=loss_type)
     per_layer = []
     for layer in range(4):
-        values = [_closed_form(loss_type, float((pc - rc)[layer, i] - (pr - rr)[layer, i]), beta, 0.0) for i in range(5)]
+        margins = [float((pc - rc)[layer, i] - (pr - rr)[layer, i]) for i in range(5)]
+        values = [_closed_form(loss_type, h, beta, 0.0) for h in margins]
         per_layer.append(sum(values) / 5)
     expected = gamma * per_layer[0] + (1 - gamma) * sum(per_layer[1:]) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-12)
