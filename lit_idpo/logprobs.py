@@ -8,7 +8,9 @@ applied to intermediate entries only, never twice to the last.
 
 The CausalLM forward would build ``[B, T, V]`` logits for every position; we run the backbone alone,
 keep only the rows that predict a completion token (prompt and padding rows never reach the head),
-and push the rows of every selected layer through ONE :func:`linear_logprobs` call.
+and push the rows of every selected layer through ONE :func:`linear_logprobs` call. Padded and packed
+batches (``data.packing``, :mod:`lit_idpo.data.packing`) take the same path: a batch's scoring plan
+names, for each scored token, the hidden state that predicts it and the sequence it belongs to.
 
 Under FSDP the head weight is whole only inside its module's forward, so the computation runs as the
 causal LM's forward and the head call as the LM head's (:func:`call_as_forward`); under autocast the
@@ -18,11 +20,12 @@ op itself casts (lit_idpo.kernels.precision). Why, in detail: docs/kernels.md, "
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Dict, Sequence
 
 import torch
 from torch import nn
 
+from lit_idpo.data.packing import attention_for, is_packed, scoring_plan
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
 
 # Attribute names under which backbones keep their final norm (Llama/Mistral/Qwen2/Gemma: norm;
@@ -163,7 +166,7 @@ def sequence_logprobs(
     *,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Summed completion-token log-probs of a causal LM, read at several layers.
+    """Summed completion-token log-probs of a causal LM, read at several layers (padded rows).
 
     Args:
         model: a Hugging Face causal LM (Llama/Mistral/Qwen2-style or GPT-2-style), or a peft model.
@@ -177,51 +180,74 @@ def sequence_logprobs(
 
     Returns:
         ``[len(layers), B]`` float32 (float64 for a float64 model): per layer, in the given order, the
-        sum of the completion tokens' log-probs.
+        sum of the completion tokens' log-probs. :func:`batch_logprobs` does the same for a batch of any
+        packing mode.
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or completion_mask.shape != input_ids.shape:
         raise ValueError(
             f"sequence_logprobs: input_ids, attention_mask and completion_mask must share one [B, T] shape, got "
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(completion_mask.shape)}."
         )
-    if len(layers) == 0:
-        raise ValueError("sequence_logprobs: layers is empty; pass at least one layer (-1 is the final layer).")
     completion = completion_mask.bool()
     if completion[:, 0].any():
         raise ValueError("sequence_logprobs: completion_mask marks position 0, which no earlier token predicts.")
     if (completion & ~attention_mask.bool()).any():
         raise ValueError("sequence_logprobs: completion_mask marks padding (attention_mask is 0 there).")
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+    return batch_logprobs(model, batch, layers, backend=backend)
 
+
+def _model_inputs(batch: Dict[str, torch.Tensor], model: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
+    """input_ids, attention mask (2-D padding mask or packed 4-D mask) and position_ids of a batch."""
+    if is_packed(batch):
+        implementation = getattr(_unwrap(model).config, "_attn_implementation", None) or "eager"
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+                "attention_mask": attention_for(batch, implementation, dtype)}
+    attention_mask = batch["attention_mask"]
+    # Positions count real tokens only, so a left-padded row sees the same positions as a right-padded
+    # one (the backbones' default is 0..T-1 regardless of padding).
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+    return {"input_ids": batch["input_ids"], "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+def batch_logprobs(model: nn.Module, batch: Dict[str, torch.Tensor], layers: Sequence[int], *,
+                   backend: str = "auto") -> torch.Tensor:
+    """Per-layer summed completion log-probs of the ``2B`` sequences of a batch of any packing mode.
+
+    ``batch`` is a padded batch (``input_ids``, ``attention_mask``, ``completion_mask``) or a packed one
+    (:mod:`lit_idpo.data.packing`). The backbone runs once; the hidden states that predict a completion
+    token (the batch's scoring plan) are gathered from every selected layer and go through ONE
+    :func:`linear_logprobs` call; the token log-probs are summed per sequence.
+
+    Returns:
+        ``[len(layers), 2B]`` (``[len(layers), B]`` for padded rows of any count): chosen sequences first, then
+        rejected, as :func:`sequence_logprobs`.
+    """
+    if len(layers) == 0:
+        raise ValueError("sequence_logprobs: layers is empty; pass at least one layer (-1 is the final layer).")
     options = LinearLogprobsOptions(backend=backend)
     path = find_head_path(model)
     layer_ids = resolve_layers(list(layers), path.num_layers)
     _verify_head_path_once(model, path)
+    plan = scoring_plan(batch)
 
     def compute() -> torch.Tensor:
-        # Positions count real tokens only, so a left-padded row sees the same positions as a right-padded
-        # one (the backbones' default is 0..T-1 regardless of padding).
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
-        outputs = path.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                output_hidden_states=True, use_cache=False)
-        hidden_states = outputs.hidden_states  # L+1 x [B, T, d]; the last is already normed
-
-        # Hidden state at t-1 predicts token t: keep the rows that predict a completion token.
-        predicts_completion = completion[:, 1:]  # [B, T-1]
-        batch_index, position = predicts_completion.nonzero(as_tuple=True)  # [n] each
-        targets = input_ids[:, 1:][batch_index, position]  # [n]
+        inputs = _model_inputs(batch, model, path.lm_head.weight.dtype)
+        outputs = path.backbone(**inputs, output_hidden_states=True, use_cache=False)
+        hidden_states = outputs.hidden_states  # L+1 x [R, T, d]; the last is already normed
 
         rows = []
         for layer in layer_ids:
-            h = hidden_states[layer][:, :-1][batch_index, position]  # [n, d]
+            h = hidden_states[layer].flatten(0, 1)[plan.index]  # [n, d]: the states that predict a scored token
             rows.append(h if layer == path.num_layers else path.final_norm(h))
         stacked = torch.stack(rows)  # [layers, n, d]
-        layer_targets = targets.unsqueeze(0).expand(len(layer_ids), -1)  # [layers, n]
+        layer_targets = plan.target.unsqueeze(0).expand(len(layer_ids), -1)  # [layers, n]
         head = _head_module(path.lm_head)
         # Under autocast (Lightning's *-mixed precision) the op itself casts to the autocast dtype.
         token_logprobs = call_as_forward(
             path.lm_head, lambda: linear_logprobs(stacked, head.weight, layer_targets, options=options))  # [layers, n]
 
-        sums = token_logprobs.new_zeros(len(layer_ids), input_ids.shape[0])  # [layers, B]
-        return sums.index_add(1, batch_index, token_logprobs)
+        sums = token_logprobs.new_zeros(len(layer_ids), plan.num_sequences)  # [layers, 2B]
+        return sums.index_add(1, plan.sequence, token_logprobs)
 
     return call_as_forward(_unwrap(model), compute)

@@ -22,8 +22,9 @@ from torchmetrics import MeanMetric
 
 from lit_idpo import export
 from lit_idpo.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint_safely
+from lit_idpo.data.packing import is_packed, scoring_plan, unsupported_reason
 from lit_idpo.errors import ConfigError
-from lit_idpo.logprobs import call_as_forward, find_head_path, resolve_layers, sequence_logprobs
+from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path, resolve_layers
 from lit_idpo.lora import LoraOptions, as_lora_options, wrap_lora
 from lit_idpo.losses import LOSS_TYPES, intermediate_dpo_loss, sequence_logps_for_loss
 from lit_idpo.models import load_model, load_tokenizer
@@ -234,17 +235,34 @@ class IntermediateDPO(LightningModule):
 
     # ------------------------------------------------------------------ forward + loss
     def _sums(self, network: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        return sequence_logprobs(network, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                 self.layer_ids, backend=self.hparams.backend)  # [1+K, 2B]
+        if is_packed(batch):
+            self._check_packable(network)
+        return batch_logprobs(network, batch, self.layer_ids, backend=self.hparams.backend)  # [1+K, 2B]
+
+    def _check_packable(self, network: nn.Module) -> None:
+        # A packed batch built without the module's resolution (a data module used directly) must still be exact.
+        if getattr(network, "_lit_idpo_packable", False):
+            return
+        reason = unsupported_reason("prefix_shared", network)  # both packed modes need the same support
+        if reason is not None:
+            raise ConfigError(f"data.packing: a packed batch cannot be scored by model type "
+                              f"{network.config.model_type!r}: {reason}. Use data.packing=none or auto.")
+        network._lit_idpo_packable = True
+
+    @staticmethod
+    def num_pairs(batch: Dict[str, torch.Tensor]) -> int:
+        """Pairs in a batch of any packing mode."""
+        return batch["pair_index"].numel() if "pair_index" in batch else batch["input_ids"].shape[0] // 2
 
     def compute_loss(self, batch: Dict[str, torch.Tensor], split: Optional[str] = None):
         """Loss and per-layer metrics of one batch of pairs (chosen rows first, then rejected).
 
+        ``batch`` may be of any packing mode (padded, ``padding_free``, ``prefix_shared``): the values are the same.
         ``split`` (``"train"`` or ``"val"``) names the split the batch's ``pair_index`` refers to; it is
         needed with ``reference_cache``, where reference log-probs are looked up instead of computed.
         """
-        num_pairs = batch["input_ids"].shape[0] // 2
-        lengths = batch["completion_mask"][:, 1:].sum(-1)  # [2B] scored tokens (the first token has no target)
+        num_pairs = self.num_pairs(batch)
+        lengths = scoring_plan(batch).lengths()  # [2B] scored tokens (the first token has no target)
         loss_type = self.hparams.loss_type
         policy = sequence_logps_for_loss(self._sums(self.policy, batch), lengths, loss_type)  # [1+K, 2B]
         reference = self.reference.sums(batch, split).to(policy.dtype)  # [1+K, 2B]
@@ -274,6 +292,10 @@ class IntermediateDPO(LightningModule):
             # Load the reference now if it must build splits, so that the strategy places, converts and shards it.
             if cache.pending and not self.uses_lora and self.reference_network is None:
                 self.reference_network = self._load_reference_network()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "resolve_packing"):
+            # Only here are both the data's packing option and the model's attention implementation known.
+            datamodule.resolve_packing([self.policy, self.reference_network])
 
     def configure_model(self) -> None:
         """Under Lightning's ``ModelParallelStrategy`` (FSDP2), shard the policy and the reference network (if
@@ -324,14 +346,14 @@ class IntermediateDPO(LightningModule):
                 raise FloatingPointError(message + " Lower the learning rate or set model.on_nonfinite_loss=skip.")
             rank_zero_info("lit-idpo: skipping " + message)
             return None
-        batch_size = batch["input_ids"].shape[0] // 2
+        batch_size = self.num_pairs(batch)
         self.log("train/loss_total", loss, prog_bar=True, batch_size=batch_size)
         self.log_dict(self._named("train", metrics), batch_size=batch_size)
         return loss
 
     def validation_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.compute_loss(batch, "val")
-        batch_size = batch["input_ids"].shape[0] // 2
+        batch_size = self.num_pairs(batch)
         for row, layer_name in enumerate(self.layer_names):
             for metric in METRIC_NAMES:
                 self.val_metrics[self._metric_key(layer_name, metric)].update(metrics[metric][row], weight=batch_size)

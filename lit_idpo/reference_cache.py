@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from lit_idpo.data.packing import sequence_token_counts
 from lit_idpo.errors import UserError
 from lit_idpo.fingerprint import model_fingerprint
 from lit_idpo.storage import atomic_write
@@ -115,7 +116,7 @@ class ReferenceTable:
             raise ReferenceCacheError(f"reference_cache: the {split} batch has pair_index {index.tolist()}, but the "
                                       f"cache holds {self.chosen.shape[0]} pairs of that split.")
         num_pairs = index.numel()
-        seen = torch.stack([batch["attention_mask"].sum(-1), batch["completion_mask"].sum(-1)]).cpu()  # [2, 2B]
+        seen = sequence_token_counts(batch).cpu()  # [2, 2B], whatever the batch's packing mode
         cached = self.tokens[index]  # [B, 3]
         expected = torch.stack([torch.cat([cached[:, 0] + cached[:, 1], cached[:, 0] + cached[:, 2]]),
                                 torch.cat([cached[:, 1], cached[:, 2]])])  # [2, 2B]

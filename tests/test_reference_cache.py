@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from scale_common import LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
 import lit_idpo.module as module_lib
-from lit_idpo.data import PreferenceDataModule
+from lit_idpo.data import PreferenceCollator, PreferenceDataModule
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.models import load_model
 from lit_idpo.module import IntermediateDPO
@@ -73,7 +73,7 @@ def test_cache_matches_the_live_reference_and_is_used_without_it(tmp_path, monke
         assert stored["layers"].tolist() == [4, 2]
         assert stored["chosen"].shape == (len(pairs), 2)
         for i in range(len(pairs)):
-            batch = data.collator([pairs[i]])
+            batch = PreferenceCollator(data.tokenizer.pad_token_id)([pairs[i]])  # padded, whatever data.packing
             truth = sequence_logprobs(reference, batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
                                       [4, 2], backend="naive").detach()  # [2 layers, 2 rows]
             torch.testing.assert_close(stored["chosen"][i], truth[:, 0], rtol=1e-5, atol=1e-4)

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from lit_idpo.data.packing import PACKERS
 from lit_idpo.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ class PreferencePairs(Dataset):
 
 
 class PreferenceCollator:
-    """Pads a list of pairs into one batch of ``2B`` sequences.
+    """Pads (or packs) a list of pairs into one batch of ``2B`` sequences.
 
     Returns a dict with ``input_ids``, ``attention_mask``, ``completion_mask`` (LongTensors
     ``[2B, T]``) and ``pair_index`` (LongTensor ``[B]``). Rows ``0..B-1`` are prompt + chosen, rows
@@ -46,15 +47,25 @@ class PreferenceCollator:
     Args:
         pad_token_id: token id written into padding positions (masked out by ``attention_mask``).
         padding_side: ``"right"`` (padding after the tokens) or ``"left"`` (before them).
+        packing: ``"none"`` (the padded batch above), ``"padding_free"`` or ``"prefix_shared"``: a packed
+            batch of the same pairs (keys in :mod:`lit_idpo.data.packing`); ``padding_side`` does not apply.
+            ``auto`` is resolved against the model first (:func:`lit_idpo.data.packing.resolve_packing`).
     """
 
-    def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right"):
+    def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right",
+                 packing: Literal["none", "padding_free", "prefix_shared"] = "none"):
         if padding_side not in ("right", "left"):
             raise ConfigError(f"padding_side={padding_side!r}; choose 'right' or 'left'")
+        if packing != "none" and packing not in PACKERS:
+            raise ConfigError(f"packing={packing!r}; choose 'none', {' or '.join(map(repr, PACKERS))} (resolve "
+                              f"'auto' with lit_idpo.data.packing.resolve_packing first)")
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
+        self.packing = packing
 
     def __call__(self, examples: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
+        if self.packing != "none":
+            return PACKERS[self.packing](examples, self.pad_token_id)
         prompts = [ex["prompt_ids"] for ex in examples] * 2
         completions = [ex["chosen_ids"] for ex in examples] + [ex["rejected_ids"] for ex in examples]
         width = max(len(p) + len(c) for p, c in zip(prompts, completions))
