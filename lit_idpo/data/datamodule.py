@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
 from lit_idpo.data.collate import PreferenceCollator, PreferencePairs
+from lit_idpo.data.packing import PACKING_MODES, resolve_packing
 from lit_idpo.data.rows import FORMATS
 from lit_idpo.data.sampler import EpochShuffleSampler
 from lit_idpo.data.sources import load_split
@@ -30,7 +31,8 @@ def _cached_tokenizer(source: str):
 
 def _check_options(options: Dict[str, Any]) -> None:
     """Raise a ConfigError naming ``data.<option>`` for a value PreferenceDataModule cannot use."""
-    for name, allowed in (("format", FORMATS), ("on_bad_row", ("error", "skip")), ("padding_side", ("right", "left"))):
+    for name, allowed in (("format", FORMATS), ("on_bad_row", ("error", "skip")), ("padding_side", ("right", "left")),
+                          ("packing", PACKING_MODES)):
         if options[name] not in allowed:
             raise ConfigError(f"data.{name}={options[name]!r} is not an option; choose one of {list(allowed)}")
     for name, least in (("batch_size", 1), ("val_batch_size", 1), ("num_workers", 0), ("max_length", 2),
@@ -54,7 +56,8 @@ class PreferenceDataModule(pl.LightningDataModule):
     Each batch is a dict: ``input_ids``, ``attention_mask``, ``completion_mask`` (LongTensors
     ``[2B, T]``; rows ``0..B-1`` prompt + chosen, rows ``B..2B-1`` prompt + rejected of the same pairs,
     ``completion_mask`` 1 on completion tokens only) and ``pair_index`` (LongTensor ``[B]``: the pair's
-    index in its split after filtering, stable across runs). Formats, chat templates, truncation and bad
+    index in its split after filtering, stable across runs); packed modes (``packing``) carry the same pairs in
+    the layout of :mod:`lit_idpo.data.packing`. Formats, chat templates, truncation and bad
     rows are handled as described in :mod:`lit_idpo.data`.
 
     Args:
@@ -87,6 +90,11 @@ class PreferenceDataModule(pl.LightningDataModule):
         limit_val_pairs: Keep only the first this-many usable validation pairs.
         padding_side: ``right`` (default) or ``left`` padding of the batched sequences.
         seed: Seed of the training loader's shuffling generator.
+        packing: How the ``2B`` sequences of a batch are laid out (:mod:`lit_idpo.data.packing`): ``none``
+            (padded rows), ``padding_free`` (no pad tokens), ``prefix_shared`` (each pair as
+            ``[prompt | chosen | rejected]``, the prompt computed once) or ``auto`` (default): the fastest
+            mode that is exact for the model, resolved when the module sees the model
+            (:meth:`resolve_packing`; padded until then). All modes give the same log-probs.
     """
 
     def __init__(
@@ -108,6 +116,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         limit_val_pairs: Optional[int] = None,
         padding_side: Literal["right", "left"] = "right",
         seed: int = 0,
+        packing: Literal["auto", "none", "padding_free", "prefix_shared"] = "auto",
     ):
         super().__init__()
         _check_options(locals())  # every argument, by name
@@ -129,6 +138,9 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.limit_val_pairs = limit_val_pairs
         self.padding_side = padding_side
         self.seed = seed
+        self.packing = packing
+        #: The mode batches use: ``packing`` once resolved against the model (see :meth:`resolve_packing`).
+        self.packing_mode: Optional[str] = None if packing == "auto" else packing
         self.train_pairs: Optional[PreferencePairs] = None
         self.val_pairs: Optional[PreferencePairs] = None
         #: Per split ("train", "val"): rows read, pairs kept, drops per reason, lengths (see SplitStats).
@@ -142,7 +154,15 @@ class PreferenceDataModule(pl.LightningDataModule):
     @property
     def collator(self) -> PreferenceCollator:
         """The collate function the loaders use."""
-        return PreferenceCollator(self.tokenizer.pad_token_id, self.padding_side)
+        return PreferenceCollator(self.tokenizer.pad_token_id, self.padding_side, self.packing_mode or "none")
+
+    def resolve_packing(self, models) -> str:
+        """Set the batches' mode for these models (policy, reference): ``auto`` becomes the fastest exact mode
+        (the reason for a fallback is logged); an explicit mode a model cannot serve raises a ConfigError."""
+        self.packing_mode, reason = resolve_packing(self.packing, models)
+        if reason:
+            rank_zero_info(f"lit-idpo: {reason}")
+        return self.packing_mode
 
     def prepare_data(self) -> None:
         """Nothing to prepare: sources are read (and Hub datasets downloaded) in :meth:`setup`."""
