@@ -1,0 +1,352 @@
+"""The full DPO training step, lit-idpo's packing modes against TRL's ``DPOTrainer``, on the same pairs.
+
+Rows (each configuration in a fresh process, one after the other):
+
+- lit-idpo ``packing`` = ``none`` (padded), ``padding_free``, ``prefix_shared``; for plain DPO (K = 0) and
+  Intermediate DPO with K = 1 (the paper's default layer, 21 of SmolLM2's 30) and K = 3 (evenly spaced) extra
+  layers. Run as a user runs it: ``PreferenceDataModule`` + ``IntermediateDPO`` under a Lightning ``Trainer``.
+- TRL's ``DPOTrainer`` (when ``trl`` is installed), configured the same way: the same model directory (lit-idpo's
+  ``resolve_model_dir`` of ``--model``), the same token sequences in the same batch order (lit-idpo's decoded
+  pairs, checked token for token after TRL's own tokenisation: column ``same_tokens``), 8 pairs per optimiser
+  step, AdamW at the same learning rate (constant, no weight decay), fp32, no gradient checkpointing, the
+  reference model run live (not precomputed), sigmoid loss, beta 0.1. TRL's ``padding_free=True`` is tried as a
+  row of its own; a TRL that ignores it (1.16 warns and falls back to padding) gets a row saying so, not timings.
+
+Shared by all rows: embeddings (tied to the LM head in SmolLM2) frozen, dropout off, AdamW(lr, weight_decay 0),
+torch's default thread count, large allocations forced to ``mmap`` so freed memory leaves the RSS.
+
+Measured per row:
+
+- step time: the wall time between the ends of consecutive optimiser steps (data loading and collation,
+  policy forward + backward, the live reference's forward, the optimiser update, the framework's own work);
+  the first step is the warm-up and not counted; ``time_s`` is the median of the ``--repeats`` steps after it.
+- tokens/s: REAL tokens of the timed steps' pairs, each counted once (prompt + chosen + rejected; no padding,
+  the prompt once even where a layout computes it twice), over the timed steps' total time; the same count
+  for every layout, so the rows compare directly. ``positions`` is what one network actually computes per step
+  (padded: 2B x width; padding_free: both sequences of every pair; prefix_shared: prompt once).
+- peak memory: the process's resident-set high-water mark (``VmHWM``) over the training steps, reset when
+  training starts (both models and the data already loaded): models, activations, gradients, optimiser state.
+
+Data sets: ``bundled`` (the bundled arithmetic pairs, about 55 tokens each) and ``longtail`` (lengths spread
+like UltraFeedback's, scaled down for a CPU step; see ``benchmarks/longtail_pairs.py``). Each run uses the first
+``8 x (repeats + 1)`` pairs, in the order of lit-idpo's training sampler (seed 0).
+
+The full CPU measurement (one run per table; about 25 minutes on the 2-core CPU, see below):
+
+    python benchmarks/bench_packing.py --markdown-out benchmarks/results/train_step_packing_cpu.md
+
+(equivalently ``python benchmarks/bench_train_step.py --suite packing ...``). Writes
+``benchmarks/results/train_step_packing_<device>.csv`` and prints one markdown table per data set. Quick
+smoke test: ``--repeats 1 --datasets bundled --ks 0``. Estimated time at ``--repeats 3``: 20 processes
+(2 data sets x (9 lit-idpo rows + TRL + TRL padding_free)) of about 15-25 s start-up each, plus 4 steps each of
+roughly 2-10 s (bundled) and 5-30 s (longtail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import functools
+import inspect
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train_step import _layers, _loadavg, _rss_kb  # noqa: E402  (sibling benchmark script)
+from longtail_pairs import write_jsonl  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PACKINGS = ("none", "padding_free", "prefix_shared")
+PAPER_LAYER_K1 = None  # K = 1: IntermediateDPO's default layer (the paper's relative depth)
+
+
+# ------------------------------------------------------------------------------------------ shared by every row
+
+
+def steps_of(args) -> int:
+    """Optimiser steps a row runs: one warm-up, then ``repeats`` timed ones."""
+    return args.repeats + 1
+
+
+def data_source(args) -> str:
+    """The ``data.source`` of the row's data set (the long-tailed set is written once, deterministically)."""
+    if args.dataset == "bundled":
+        return "bundled:arithmetic"
+    num_pairs = args.batch_pairs * steps_of(args)
+    path = Path(tempfile.gettempdir()) / f"lit_idpo_bench_longtail_seed{args.seed}_{num_pairs}.jsonl"
+    return str(write_jsonl(path, num_pairs, seed=args.seed))
+
+
+def data_module(args, packing: str):
+    """The run's ``PreferenceDataModule``: the first ``batch_pairs x steps`` pairs, no validation, no length cut.
+
+    ``packing`` is passed only where lit-idpo has the option; without it only ``none`` (padding) can run."""
+    from lit_idpo.data import PreferenceDataModule
+
+    options = dict(tokenizer=args.model, source=data_source(args), val_split=None, max_length=None,
+                   batch_size=args.batch_pairs, limit_train_pairs=args.batch_pairs * steps_of(args), seed=args.seed)
+    if "packing" in inspect.signature(PreferenceDataModule).parameters:
+        options["packing"] = packing
+    elif packing != "none":
+        raise RuntimeError(f"this lit-idpo's PreferenceDataModule has no packing option (wanted {packing!r})")
+    return PreferenceDataModule(**options)
+
+
+def pair_tokens(pairs, index: int) -> int:
+    """Real tokens of one pair, each counted once: prompt + chosen + rejected."""
+    return len(pairs.prompt_ids[index]) + len(pairs.chosen_ids[index]) + len(pairs.rejected_ids[index])
+
+
+def batch_order(args) -> List[List[int]]:
+    """The pair indices of each training batch, as lit-idpo's padded training loader serves them."""
+    dm = data_module(args, "none")
+    dm.setup("fit")
+    order = []
+    for batch in dm.train_dataloader():
+        order.append(batch["pair_index"].tolist())
+        if len(order) == steps_of(args):
+            break
+    return order
+
+
+class StepRecord:
+    """Step-end times and the memory high-water mark of one training run (framework-neutral)."""
+
+    def __init__(self):
+        self.ends: List[float] = []
+        self.start = 0.0
+        self.before_mb = 0.0
+        self.peak_mb = 0.0
+
+    def train_start(self) -> None:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        self.before_mb = _rss_kb("VmRSS") / 1024
+        self.start = time.perf_counter()
+
+    def step_end(self) -> None:
+        self.ends.append(time.perf_counter())
+        self.peak_mb = _rss_kb("VmHWM") / 1024
+
+    def summary(self, real_tokens: List[int], positions: List[int]) -> Dict:
+        """Row fields: the first step apart (warm-up), the median and token rate of the others."""
+        times = [b - a for a, b in zip([self.start] + self.ends[:-1], self.ends)]
+        timed, timed_tokens = times[1:], real_tokens[1:len(times)]
+        return dict(steps_timed=len(timed), time_s=round(statistics.median(timed), 3) if timed else None,
+                    times_s=json.dumps([round(t, 3) for t in timed]), first_step_s=round(times[0], 3),
+                    real_tokens_per_step=round(statistics.mean(timed_tokens or real_tokens), 1),
+                    positions_per_step=round(statistics.mean(positions[1:len(times)] or positions), 1),
+                    tokens_per_s=round(sum(timed_tokens) / sum(timed), 1) if timed else None,
+                    before_mb=round(self.before_mb, 1), peak_mb=round(self.peak_mb, 1))
+
+
+def adamw(args):
+    """The optimiser of every row: AdamW at ``--lr``, no weight decay (TRL's default), constant rate."""
+    import torch
+
+    return functools.partial(torch.optim.AdamW, lr=args.lr, weight_decay=0.0)
+
+
+# ------------------------------------------------------------------------------------------ a lit-idpo row
+
+
+def run_lit(args) -> Dict:
+    """One lit-idpo configuration: ``fit`` for ``repeats + 1`` steps under Lightning, timed by a callback."""
+    import lightning.pytorch as pl
+    from transformers import AutoConfig
+
+    from lit_idpo.models import resolve_model_dir
+    from lit_idpo.module import IntermediateDPO
+
+    num_layers = AutoConfig.from_pretrained(resolve_model_dir(args.model)).num_hidden_layers
+    layers = [] if args.k == 0 else (PAPER_LAYER_K1 if args.k == 1 else _layers(num_layers, args.k))
+    dm = data_module(args, args.packing)
+    dm.setup("fit")
+    out_dir = tempfile.mkdtemp(prefix="lit_idpo_bench_")
+    module = IntermediateDPO(model=args.model, layers=layers, gamma=0.5 if args.k else 1.0, beta=args.beta,
+                             dtype="float32", freeze_embeddings=True, optimizer=adamw(args), hf_output_dir=out_dir)
+    record, real_tokens, positions, losses = StepRecord(), [], [], []
+
+    class Timer(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            record.train_start()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            real_tokens.append(sum(pair_tokens(dm.train_pairs, i) for i in batch["pair_index"].tolist()))
+            positions.append(int(batch["input_ids"].numel()))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            record.step_end()
+            losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
+
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps_of(args), logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
+                         default_root_dir=out_dir)
+    try:
+        trainer.fit(module, datamodule=dm)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)  # the exported policy (0.5 GB per row)
+    return dict(system="lit-idpo", packing=args.packing, k=args.k, layers=json.dumps(module.layer_ids[1:]),
+                **record.summary(real_tokens, positions), loss_first=round(losses[0], 5),
+                loss_last=round(losses[-1], 5), same_tokens=True, status="ok")
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def _versions() -> Dict[str, str]:
+    import lightning
+    import torch
+    import transformers
+
+    versions = dict(torch=torch.__version__, transformers=transformers.__version__, lightning=lightning.__version__)
+    try:
+        import trl
+
+        versions["trl"] = trl.__version__
+    except ImportError:
+        versions["trl"] = ""
+    return versions
+
+
+def _configs(args) -> List[Dict]:
+    configs = [dict(system="lit-idpo", packing=p, k=k) for k in map(int, args.ks.split(","))
+               for p in args.packings.split(",")]
+    try:
+        import trl  # noqa: F401
+
+        trl_rows = [dict(system="trl", packing="none", k=0)]
+        if args.trl_padding_free:
+            trl_rows.append(dict(system="trl", packing="padding_free", k=0))
+    except ImportError:
+        print("trl is not installed: no TRL rows (pip install trl)", file=sys.stderr)
+        trl_rows = []
+    return trl_rows + configs if "trl" in args.systems.split(",") else configs
+
+
+def _run_config(args, dataset: str, config: Dict, env: Dict) -> Dict:
+    cmd = [sys.executable, __file__, "--one", "--dataset", dataset, "--system", config["system"],
+           "--packing", config["packing"], "--k", str(config["k"]), "--model", args.model,
+           "--repeats", str(args.repeats), "--batch-pairs", str(args.batch_pairs), "--lr", str(args.lr),
+           "--beta", str(args.beta), "--seed", str(args.seed)]
+    load_before = _loadavg()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"{dataset} {config}: FAILED ({error})\n{done.stderr[-3000:]}", file=sys.stderr)
+        row = dict(config, status=f"failed: {error}"[:300])
+    else:
+        row = json.loads(line[len("RESULT "):])
+    row.update(dataset=dataset, load_before=load_before, load_after=_loadavg())
+    return row
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--datasets", default="bundled,longtail")
+    parser.add_argument("--systems", default="lit-idpo,trl", help="lit-idpo and/or trl")
+    parser.add_argument("--packings", default=",".join(PACKINGS), help="lit-idpo packing modes")
+    parser.add_argument("--ks", default="0,1,3", help="lit-idpo intermediate layer counts")
+    parser.add_argument("--no-trl-padding-free", dest="trl_padding_free", action="store_false",
+                        help="skip the TRL padding_free row")
+    parser.add_argument("--repeats", type=int, default=3, help="timed optimiser steps after one warm-up step")
+    parser.add_argument("--batch-pairs", type=int, default=8, help="pairs per optimiser step")
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0, help="data order and long-tailed set seed")
+    parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/train_step_packing_cpu.csv)")
+    parser.add_argument("--markdown-out", default=None, help="also write the markdown tables here")
+    # internal: one configuration in this process
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
+    parser.add_argument("--system", help=argparse.SUPPRESS)
+    parser.add_argument("--packing", help=argparse.SUPPRESS)
+    parser.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.one:
+        if args.system == "trl":
+            from bench_trl_step import run_trl
+
+            row = run_trl(args)
+        else:
+            row = run_lit(args)
+        import torch
+
+        row.update(threads=torch.get_num_threads())
+        print("RESULT " + json.dumps(row), flush=True)
+        return
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", TOKENIZERS_PARALLELISM="false")
+    common = dict(device=f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
+                  model=args.model, dtype="float32", batch_pairs=args.batch_pairs, **_versions())
+    rows = []
+    for dataset in args.datasets.split(","):
+        for config in _configs(args):
+            row = _run_config(args, dataset, config, env)
+            row.update(common, date=datetime.datetime.now().isoformat(timespec="seconds"))
+            rows.append(row)
+            print(f"{dataset:8s} {row['system']:8s} {row['packing']:13s} K={row['k']} "
+                  f"step {row.get('time_s')} s  peak {row.get('peak_mb')} MB  {row.get('tokens_per_s')} tok/s  "
+                  f"[{row['status'][:80]}]  (load {row['load_before']} -> {row['load_after']})", flush=True)
+    out = Path(args.out) if args.out else RESULTS / "train_step_packing_cpu.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(key for row in rows for key in row))
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = markdown_tables(rows)
+    print(f"\nwrote {out}\n\n{table}")
+    if args.markdown_out:
+        Path(args.markdown_out).write_text(table + "\n")
+
+
+def markdown_tables(rows: List[Dict]) -> str:
+    """One table per data set: step time, ratios to lit-idpo padded plain DPO and to TRL, memory, token rate."""
+    header = ("| system | packing | K | step s (median) | x lit-idpo padded DPO | x TRL | peak RSS MB | "
+              "real tokens/s | real tokens / step | positions / step | note |\n" + "|---" * 11 + "|")
+    parts = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        base = next((r.get("time_s") for r in mine if r["system"] == "lit-idpo" and r["packing"] == "none"
+                     and r["k"] == 0), None)
+        trl = next((r.get("time_s") for r in mine if r["system"] == "trl" and r["packing"] == "none"), None)
+        first = mine[0]
+        lines = [f"**{dataset}** ({first.get('device')}, {first.get('model')} fp32, {first.get('batch_pairs')} pairs "
+                 f"per optimiser step, embeddings frozen, live reference; torch {first.get('torch')}, transformers "
+                 f"{first.get('transformers')}, trl {first.get('trl') or 'not installed'}). Step: median wall time "
+                 f"between optimiser-step ends after one warm-up step. Real tokens: prompt + chosen + rejected of "
+                 f"each pair, each once, no padding. Positions: tokens one network computes per step.", "", header]
+        for r in mine:
+            t = r.get("time_s")
+            note = "" if r["status"] == "ok" else r["status"]
+            if r["status"] == "ok" and not r.get("same_tokens", True):
+                note = "token sequences differ from lit-idpo's"
+            lines.append("| " + " | ".join([
+                r["system"], r["packing"], str(r["k"]), f"{t:.2f}" if t else "-",
+                f"{t / base:.2f}" if t and base else "-", f"{t / trl:.2f}" if t and trl else "-",
+                f"{r['peak_mb']:.0f}" if r.get("peak_mb") else "-",
+                f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-",
+                f"{r['real_tokens_per_step']:.0f}" if r.get("real_tokens_per_step") else "-",
+                f"{r['positions_per_step']:.0f}" if r.get("positions_per_step") else "-", note]) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+if __name__ == "__main__":
+    main()
