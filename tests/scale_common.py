@@ -28,6 +28,18 @@ class LossRecorder(Callback):
             self.pair_index[trainer.global_step] = batch["pair_index"].tolist()
 
 
+class Crash(Callback):
+    """Raises "simulated crash" at the end of the first batch after which the global step is ``at_step``
+    (before ModelCheckpoint, which Lightning runs last, saves that step)."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated crash")
+
+
 def make_trainer(max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
     """A quiet CPU Trainer. Give the module an ``hf_output_dir`` or the trainer a ``default_root_dir``
     under tmp_path: the trained policy is written at the end of fit."""

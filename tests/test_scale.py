@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from scale_common import LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
+from scale_common import Crash, LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
 from lit_idpo.data import PreferenceDataModule
 from lit_idpo.errors import UserError
@@ -100,15 +100,6 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
 # ------------------------------------------------------------------------------------------ resume
 
 
-class _Crash(Callback):
-    def __init__(self, at_step):
-        self.at_step = at_step
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if trainer.global_step == self.at_step:
-            raise RuntimeError("simulated crash")
-
-
 def _resume_runs(tmp_path, pairs, batch_size, crash_at, steps):
     def run(root, callbacks, ckpt_path=None):
         pl.seed_everything(0)
@@ -124,7 +115,7 @@ def _resume_runs(tmp_path, pairs, batch_size, crash_at, steps):
         return recorder, module
 
     whole, whole_module = run(tmp_path / "whole", [])
-    crashed, _ = run(tmp_path / "crashed", [_Crash(crash_at)])
+    crashed, _ = run(tmp_path / "crashed", [Crash(crash_at)])
     assert max(crashed.losses) == crash_at
     latest = max((tmp_path / "crashed" / "ckpt").glob("*.ckpt"), key=lambda p: int(p.stem.split("step=")[1]))
     resumed, resumed_module = run(tmp_path / "resumed", [], ckpt_path=str(latest))

@@ -44,7 +44,8 @@ naming the file (and line); a bad option a :class:`~lit_idpo.errors.ConfigError`
 
 Modules: :mod:`~lit_idpo.data.rows` (formats, validation), :mod:`~lit_idpo.data.sources` (reading
 files, directories, Hub datasets), :mod:`~lit_idpo.data.tokenize` (templating, truncation, filtering),
-:mod:`~lit_idpo.data.collate` (pairs and batches), :mod:`~lit_idpo.data.sampler` (epoch shuffling),
+:mod:`~lit_idpo.data.collate` (pairs and batches), :mod:`~lit_idpo.data.sampler` (epoch shuffling, stateful
+and token-bounded training batches),
 :mod:`~lit_idpo.data.datamodule` (the LightningDataModule). Every public name is importable from
 ``lit_idpo.data``. The bundled task's files (``*.jsonl``) live in this folder as package data.
 """
@@ -52,7 +53,7 @@ files, directories, Hub datasets), :mod:`~lit_idpo.data.tokenize` (templating, t
 from lit_idpo.data.collate import PreferenceCollator, PreferencePairs
 from lit_idpo.data.datamodule import PreferenceDataModule
 from lit_idpo.data.rows import FORMATS, BadRowError, Message, NormalizedRow, detect_format, normalize_row
-from lit_idpo.data.sampler import EpochShuffleSampler
+from lit_idpo.data.sampler import EpochShuffleSampler, PairBatchSampler, ResumableDataLoader, token_bounded_batches
 from lit_idpo.data.sources import BUNDLED_PREFIX, SourceRows, load_split, read_json_rows, row_location
 from lit_idpo.data.tokenize import PairTokenizer, SplitStats, tokenize_rows, truncate_prompt
 
@@ -63,10 +64,12 @@ __all__ = [
     "EpochShuffleSampler",
     "Message",
     "NormalizedRow",
+    "PairBatchSampler",
     "PairTokenizer",
     "PreferenceCollator",
     "PreferenceDataModule",
     "PreferencePairs",
+    "ResumableDataLoader",
     "SourceRows",
     "SplitStats",
     "detect_format",
@@ -74,6 +77,7 @@ __all__ = [
     "normalize_row",
     "read_json_rows",
     "row_location",
+    "token_bounded_batches",
     "tokenize_rows",
     "truncate_prompt",
 ]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from lit_idpo.data.collate import PreferenceCollator, PreferencePairs
 from lit_idpo.data.packing import PACKING_MODES, resolve_packing
 from lit_idpo.data.rows import FORMATS
-from lit_idpo.data.sampler import EpochShuffleSampler
+from lit_idpo.data.sampler import PairBatchSampler, ResumableDataLoader, pair_token_counts
 from lit_idpo.data.sources import load_split
 from lit_idpo.data.tokenize import tokenize_rows
 from lit_idpo.errors import ConfigError, DataError
@@ -36,7 +36,8 @@ def _check_options(options: Dict[str, Any]) -> None:
         if options[name] not in allowed:
             raise ConfigError(f"data.{name}={options[name]!r} is not an option; choose one of {list(allowed)}")
     for name, least in (("batch_size", 1), ("val_batch_size", 1), ("num_workers", 0), ("max_length", 2),
-                        ("max_prompt_length", 1), ("limit_train_pairs", 1), ("limit_val_pairs", 1)):
+                        ("max_prompt_length", 1), ("limit_train_pairs", 1), ("limit_val_pairs", 1),
+                        ("max_tokens_per_batch", 1)):
         value = options[name]
         nullable = name not in ("batch_size", "num_workers")
         if (value is None and not nullable) or (value is not None and (isinstance(value, bool) or
@@ -82,6 +83,10 @@ class PreferenceDataModule(pl.LightningDataModule):
         max_prompt_length: If set, longer prompts keep their last this-many tokens (and BOS); counted as
             ``prompt_truncated``. Null: prompts are never cut.
         batch_size: Pairs per training batch (the batch holds twice as many sequences).
+        max_tokens_per_batch: If set, training batches are bounded by tokens rather than pairs: pairs of similar
+            length are grouped until their prompt + chosen + rejected tokens would exceed this budget (a longer
+            pair is a batch of its own), and the batches are served in a new order each epoch
+            (:class:`~lit_idpo.data.sampler.PairBatchSampler`). Null: ``batch_size`` pairs per batch.
         val_batch_size: Pairs per validation batch; null: same as ``batch_size``.
         num_workers: DataLoader worker processes (0: load in the main process).
         on_bad_row: ``error``: raise on the first unusable row, naming split, row index and field;
@@ -117,6 +122,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         padding_side: Literal["right", "left"] = "right",
         seed: int = 0,
         packing: Literal["auto", "none", "padding_free", "prefix_shared"] = "auto",
+        max_tokens_per_batch: Optional[int] = None,
     ):
         super().__init__()
         _check_options(locals())  # every argument, by name
@@ -138,6 +144,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.limit_val_pairs = limit_val_pairs
         self.padding_side = padding_side
         self.seed = seed
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.packing = packing
         #: The mode batches use: ``packing`` once resolved against the model (see :meth:`resolve_packing`).
         self.packing_mode: Optional[str] = None if packing == "auto" else packing
@@ -187,14 +194,28 @@ class PreferenceDataModule(pl.LightningDataModule):
             self.val_pairs = self._build("val", self.val_split, self.limit_val_pairs)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches: epoch e is shuffled with ``seed + e``, so a resumed run sees the
-        same order as an uninterrupted one (Lightning calls the sampler's ``set_epoch``)."""
+        """Shuffled training batches from a :class:`~lit_idpo.data.sampler.PairBatchSampler`: epoch e is ordered
+        by ``seed + e``; fixed-size or (``max_tokens_per_batch``) token-bounded; each rank of a multi-process run
+        serves its own share. The loader is a :class:`~lit_idpo.data.sampler.ResumableDataLoader`: a checkpoint
+        holds how many of the epoch's batches were trained on, and ``fit(ckpt_path=...)`` continues after them."""
         if self.train_pairs is None:
             self.setup("fit")
-        sampler = EpochShuffleSampler(len(self.train_pairs), self.seed)
-        return DataLoader(self.train_pairs, batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=self.collator, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        pairs, trainer = self.train_pairs, self.trainer
+        tokens = None if self.max_tokens_per_batch is None else pair_token_counts(pairs)
+        batch_sampler = PairBatchSampler(None, self.batch_size, num_pairs=len(pairs), seed=self.seed,
+                                         pair_tokens=tokens, max_tokens=self.max_tokens_per_batch,
+                                         num_replicas=trainer.world_size if trainer else 1,
+                                         rank=trainer.global_rank if trainer else 0)
+
+        def trained_batches() -> int:  # of the current epoch: those whose training step ran
+            return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+        if trainer is not None:
+            # Workers take their first indices before Lightning's set_epoch: start on the epoch it will run.
+            batch_sampler.set_epoch(trainer.fit_loop.epoch_progress.current.processed)
+        return ResumableDataLoader(pairs, batch_sampler=batch_sampler, collate_fn=self.collator,
+                                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                                   trained_batches=trained_batches if trainer is not None else None)
 
     def val_dataloader(self) -> Union[DataLoader, List]:
         """Validation batches in split order (an empty list when ``val_split`` is null)."""
