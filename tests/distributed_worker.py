@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--cache", default=None)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--pairs", type=int, default=None, help="training pairs (default: PAIRS, one global batch)")
+    parser.add_argument("--max_tokens_per_batch", type=int, default=None)
     args = parser.parse_args()
 
     from scale_common import LR, PAIRS, LossRecorder, make_module_kwargs
@@ -51,8 +53,9 @@ def main() -> None:
     pl.seed_everything(0)
     kwargs = make_module_kwargs(reference_cache=args.cache, hf_output_dir=os.path.join(args.out, "hf"))
     module = IntermediateDPO(**kwargs, optimizer=lambda params: torch.optim.SGD(params, lr=LR))
-    data = PreferenceDataModule(tokenizer="tiny-llama", batch_size=PAIRS // 2, limit_train_pairs=PAIRS,
-                                limit_val_pairs=PAIRS, val_split="test" if args.cache else None)
+    data = PreferenceDataModule(tokenizer="tiny-llama", batch_size=PAIRS // 2, limit_train_pairs=args.pairs or PAIRS,
+                                limit_val_pairs=PAIRS, val_split="test" if args.cache else None,
+                                max_tokens_per_batch=args.max_tokens_per_batch)
     recorder = LossRecorder()
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=strategy, max_steps=args.steps, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -64,6 +67,8 @@ def main() -> None:
     with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
         json.dump({"losses": [recorder.losses[step] for step in sorted(recorder.losses)],
                    "world_size": trainer.world_size,
+                   "pair_index": [recorder.pair_index[step] for step in sorted(recorder.pair_index)],
+                   "batches_per_epoch": len(trainer.train_dataloader),
                    "reference_loaded": module.reference_network is not None,
                    "cached_splits": sorted(getattr(module.reference, "tables", {}))}, f)
     if rank == 0:
