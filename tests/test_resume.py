@@ -150,8 +150,11 @@ def _resume_matches(tmp_path, data_options, steps, crash_at, accumulate=1):
     path = next((tmp_path / "crashed" / "ckpt").glob(f"*-step={saved}.ckpt"))
     state, = torch.load(path, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     per_epoch = len({b[1] for b in whole})
-    assert 0 < state["batches_done"] < per_epoch, state  # a mid-epoch checkpoint
-    assert state == {"epoch": saved * accumulate // per_epoch, "batches_done": saved * accumulate % per_epoch}
+    epoch, done = divmod(saved * accumulate, per_epoch)
+    if done:  # a mid-epoch checkpoint
+        assert state == {"epoch": epoch, "batches_done": done}
+    else:  # written after the last batch of an epoch: the whole epoch is done
+        assert state == {"epoch": epoch - 1, "batches_done": per_epoch}
     resumed = _run(tmp_path / "resumed", steps, data_options, ckpt_path=str(path), accumulate=accumulate)
     expected = whole[saved * accumulate:]
     assert [b[:3] for b in resumed] == [b[:3] for b in expected]  # steps, batch indices, pairs
@@ -177,6 +180,15 @@ def test_resume_mid_epoch_token_bounded_batches(tmp_path, packing):
     # About 65 tokens a pair: batches of 2 or 3 pairs, 4 per epoch; the step-6 checkpoint is inside epoch 1.
     _resume_matches(tmp_path, dict(limit_train_pairs=10, max_tokens_per_batch=200, packing=packing),
                     steps=10, crash_at=7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash_at", [8, 6], ids=["mid-epoch", "epoch-end"])
+def test_resume_with_a_loader_worker(tmp_path, crash_at):
+    # A worker takes its first batches when the loader's iterator is made, before Lightning's set_epoch:
+    # the resumed loader must already be on the checkpoint's epoch (step 7: 2 batches into epoch 1), or on
+    # the next one when the checkpoint closed its epoch (step 5: the end of epoch 0).
+    _resume_matches(tmp_path, dict(limit_train_pairs=10, batch_size=2, num_workers=1), steps=11, crash_at=crash_at)
 
 
 @pytest.mark.slow
