@@ -22,8 +22,9 @@ Measured per row:
   the first step is the warm-up and not counted; ``time_s`` is the median of the ``--repeats`` steps after it.
 - tokens/s: REAL tokens of the timed steps' pairs, each counted once (prompt + chosen + rejected; no padding,
   the prompt once even where a layout computes it twice), over the timed steps' total time; the same count
-  for every layout, so the rows compare directly. ``positions`` is what one network actually computes per step
-  (padded: 2B x width; padding_free: both sequences of every pair; prefix_shared: prompt once).
+  for every layout, so the rows compare directly. ``positions`` is what one network actually computes per step:
+  the batch's rows x width, pads included (padded: 2B rows as wide as the longest sequence; the packed modes lay
+  sequences or whole pairs into fewer rows, the prompt once per pair with prefix_shared).
 - peak memory: the process's resident-set high-water mark (``VmHWM``) over the training steps, reset when
   training starts (both models and the data already loaded): models, activations, gradients, optimiser state.
 
@@ -174,8 +175,12 @@ def run_lit(args) -> Dict:
     dm = data_module(args, args.packing)
     dm.setup("fit")
     out_dir = tempfile.mkdtemp(prefix="lit_idpo_bench_")
-    module = IntermediateDPO(model=args.model, layers=layers, gamma=0.5 if args.k else 1.0, beta=args.beta,
-                             dtype="float32", freeze_embeddings=True, optimizer=adamw(args), hf_output_dir=out_dir)
+    class Module(IntermediateDPO):
+        def on_train_end(self) -> None:
+            """No export of the trained policy: it is not part of a step and only lengthens the run."""
+
+    module = Module(model=args.model, layers=layers, gamma=0.5 if args.k else 1.0, beta=args.beta, dtype="float32",
+                    freeze_embeddings=True, optimizer=adamw(args))
     record, real_tokens, positions, losses = StepRecord(), [], [], []
 
     class Timer(pl.Callback):
@@ -197,8 +202,9 @@ def run_lit(args) -> Dict:
     try:
         trainer.fit(module, datamodule=dm)
     finally:
-        shutil.rmtree(out_dir, ignore_errors=True)  # the exported policy (0.5 GB per row)
-    return dict(system="lit-idpo", packing=args.packing, k=args.k, layers=json.dumps(module.layer_ids[1:]),
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return dict(system="lit-idpo", packing=args.packing, packing_resolved=getattr(dm, "packing_mode", args.packing),
+                k=args.k, layers=json.dumps(module.layer_ids[1:]),
                 **record.summary(real_tokens, positions), loss_first=round(losses[0], 5),
                 loss_last=round(losses[-1], 5), same_tokens=True, status="ok")
 
@@ -259,7 +265,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
     parser.add_argument("--datasets", default="bundled,longtail")
     parser.add_argument("--systems", default="lit-idpo,trl", help="lit-idpo and/or trl")
-    parser.add_argument("--packings", default=",".join(PACKINGS), help="lit-idpo packing modes")
+    parser.add_argument("--packings", default=",".join(PACKINGS),
+                        help="lit-idpo packing modes (auto too: its resolved mode is the column packing_resolved)")
     parser.add_argument("--ks", default="0,1,3", help="lit-idpo intermediate layer counts")
     parser.add_argument("--no-trl-padding-free", dest="trl_padding_free", action="store_false",
                         help="skip the TRL padding_free row")
@@ -331,7 +338,8 @@ def markdown_tables(rows: List[Dict]) -> str:
                  f"per optimiser step, embeddings frozen, live reference; torch {first.get('torch')}, transformers "
                  f"{first.get('transformers')}, trl {first.get('trl') or 'not installed'}). Step: median wall time "
                  f"between optimiser-step ends after one warm-up step. Real tokens: prompt + chosen + rejected of "
-                 f"each pair, each once, no padding. Positions: tokens one network computes per step.", "", header]
+                 f"each pair, each once, no padding. Positions: input positions (rows x width, pads included) "
+                 f"one network computes per step.", "", header]
         for r in mine:
             t = r.get("time_s")
             note = "" if r["status"] == "ok" else r["status"]

@@ -30,6 +30,9 @@ Batches: ``bundled`` is 8 pairs of the bundled arithmetic task (about 55 tokens 
 ``random:llama-1b`` / ``random:llama-3b`` are randomly initialised models with the shapes of Llama 3.2
 1B / 3B (vocabulary 128256), written once to a temporary directory: a GPU machine needs no download.
 Writes ``benchmarks/results/train_step_<device>.csv`` and prints a markdown table.
+
+``--suite packing`` runs the other train-step benchmark instead, ``benchmarks/bench_packing.py`` (the full
+optimiser step per packing mode against TRL's ``DPOTrainer``; its options follow ``--suite packing``).
 """
 
 from __future__ import annotations
@@ -112,7 +115,9 @@ def run_one(args) -> dict:
 
     from lit_idpo.module import IntermediateDPO
 
-    model = _random_model_dir(args.model.split(":", 1)[1], args.dtype) if args.model.startswith("random:") else args.model
+    model = args.model
+    if model.startswith("random:"):
+        model = _random_model_dir(model.split(":", 1)[1], args.dtype)
     cuda = args.device == "cuda"
     from transformers import AutoConfig
 
@@ -178,7 +183,18 @@ def _loadavg() -> str:
 
 
 def main() -> None:
+    suite = argparse.ArgumentParser(add_help=False)
+    suite.add_argument("--suite", choices=["heads", "packing"], default="heads")
+    chosen, rest = suite.parse_known_args()
+    if chosen.suite == "packing":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_packing import main as packing_main
+
+        packing_main(rest)
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=["heads", "packing"], default="heads",
+                        help="heads: this benchmark; packing: benchmarks/bench_packing.py")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default=None, help="model source (default: embedded SmolLM2-135M on CPU, "
                                                       "random:llama-1b on CUDA)")
@@ -212,14 +228,16 @@ def main() -> None:
     fused = "triton" if args.device == "cuda" else "torch"
     backends = args.backends.split(",") if args.backends else ["naive", fused]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", TOKENIZERS_PARALLELISM="false")
-    passthrough = ["--device", args.device, "--model", args.model, "--dtype", args.dtype, "--repeats", str(args.repeats),
-                   "--pairs-bundled", str(args.pairs_bundled), "--pairs", str(args.pairs),
+    passthrough = ["--device", args.device, "--model", args.model, "--dtype", args.dtype,
+                   "--repeats", str(args.repeats), "--pairs-bundled", str(args.pairs_bundled),
+                   "--pairs", str(args.pairs),
                    "--prompt-tokens", str(args.prompt_tokens), "--completion-tokens", str(args.completion_tokens)]
     if args.freeze_embeddings:
         passthrough.append("--freeze-embeddings")
     if args.threads:
         passthrough += ["--threads", str(args.threads)]
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+    device_name = (torch.cuda.get_device_name() if args.device == "cuda"
+                   else f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores")
     rows = []
     for variant in args.variants.split(","):
         for k in map(int, args.ks.split(",")):
@@ -237,8 +255,9 @@ def main() -> None:
                            dtype=args.dtype, torch=torch.__version__,
                            date=datetime.datetime.now().isoformat(timespec="seconds"))
                 rows.append(row)
-                print(f"{variant:8s} K={k} {backend:6s} peak {row['peak_mb']:9.1f} MB  rise {row['step_rise_mb']:8.1f} MB  "
-                      f"step {row['time_s']:7.3f} s  (load {load_before} -> {row['load_after']})", flush=True)
+                print(f"{variant:8s} K={k} {backend:6s} peak {row['peak_mb']:9.1f} MB  "
+                      f"rise {row['step_rise_mb']:8.1f} MB  step {row['time_s']:7.3f} s  "
+                      f"(load {load_before} -> {row['load_after']})", flush=True)
     out = Path(args.out) if args.out else RESULTS / f"train_step_{args.device}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
@@ -251,8 +270,8 @@ def main() -> None:
 
 def markdown_table(rows) -> str:
     """Per variant and K: naive and fused peak memory, their per-added-layer cost, and step times."""
-    lines = ["| batch | K | naive peak MB | fused peak MB | naive +/layer | fused +/layer | naive step s | fused step s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| batch | K | naive peak MB | fused peak MB | naive +/layer | fused +/layer | naive step s "
+             "| fused step s |", "|---|---|---|---|---|---|---|---|"]
     by = {(r["variant"], r["backend"], r["k"]): r for r in rows}
     for variant in dict.fromkeys(r["variant"] for r in rows):
         backends = list(dict.fromkeys(r["backend"] for r in rows if r["variant"] == variant))

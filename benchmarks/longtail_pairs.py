@@ -10,7 +10,7 @@ scaled down so that a step of SmolLM2-135M on a 2-core CPU stays around 10-30 s:
 - completions: median about 280 tokens for the chosen and 260 for the rejected one, sigma 0.75;
 - recipe cuts (TRL's and the alignment-handbook's usual ``max_prompt_length=512``, ``max_length=1024``):
   prompts longer than 512 tokens keep 512, completions are cut to ``1024 - prompt``;
-- then every length is divided by ``scale`` (default 8) and rounded (at least 1 token).
+- then every length is divided by ``scale`` (default 10) and rounded (at least 1 token).
 
 The UltraFeedback medians and spreads are APPROXIMATE, ASSUMED values (commonly reported for that set with
 Llama-family tokenizers), not measured here: the benchmark machines cannot download it. The chat template that
@@ -37,7 +37,7 @@ from typing import Dict, List
 PROMPT_MEDIAN, PROMPT_SIGMA = 130, 1.0
 CHOSEN_MEDIAN, REJECTED_MEDIAN, COMPLETION_SIGMA = 280, 260, 0.75
 MAX_PROMPT_LENGTH, MAX_LENGTH = 512, 1024
-DEFAULT_SCALE = 8
+DEFAULT_SCALE = 10
 
 WORDS = """the of and to in is that for it as was with be by on not he this are or his from at which but have an
 they you were her she there one all we their been has when who will more no if out so said what up its about into
