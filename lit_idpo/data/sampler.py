@@ -11,8 +11,6 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
-from lit_idpo.errors import ConfigError
-
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A random permutation per epoch, drawn from ``seed + epoch``: reproducible across restarts,
@@ -108,7 +106,7 @@ class PairBatchSampler(BatchSampler):
                  pair_tokens: Optional[Sequence[int]] = None, max_tokens: Optional[int] = None,
                  num_replicas: int = 1, rank: int = 0, resume: Optional[Dict[str, int]] = None):
         if max_tokens is not None and (pair_tokens is None or len(pair_tokens) != num_pairs):
-            raise ConfigError("token-bounded batches need the token count of every pair (pair_tokens, one per pair)")
+            raise ValueError("token-bounded batches need the token count of every pair (pair_tokens, one per pair)")
         if isinstance(sampler, DistributedSampler):
             num_replicas, rank = sampler.num_replicas, sampler.rank
         if not 0 <= rank < num_replicas:
