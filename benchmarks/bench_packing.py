@@ -25,6 +25,9 @@ Measured per row:
   for every layout, so the rows compare directly. ``positions`` is what one network actually computes per step:
   the batch's rows x width, pads included (padded: 2B rows as wide as the longest sequence; the packed modes lay
   sequences or whole pairs into fewer rows, the prompt once per pair with prefix_shared).
+- a check, not a speed: ``loss_first`` / ``loss_last`` are the first and last step's losses; the same pairs, order,
+  learning rate and loss must give padded lit-idpo's values in every packing mode and in TRL (the table notes a
+  row whose last loss differs by more than 1e-3).
 - peak memory: the process's resident-set high-water mark (``VmHWM``) over the training steps, reset when
   training starts (both models and the data already loaded): models, activations, gradients, optimiser state.
 
@@ -32,15 +35,19 @@ Data sets: ``bundled`` (the bundled arithmetic pairs, about 55 tokens each) and 
 like UltraFeedback's, scaled down for a CPU step; see ``benchmarks/longtail_pairs.py``). Each run uses the first
 ``8 x (repeats + 1)`` pairs, in the order of lit-idpo's training sampler (seed 0).
 
-The full CPU measurement (one run per table; about 25 minutes on the 2-core CPU, see below):
+The full CPU measurement (one run gives both tables; run it on a quiet machine):
 
     python benchmarks/bench_packing.py --markdown-out benchmarks/results/train_step_packing_cpu.md
 
 (equivalently ``python benchmarks/bench_train_step.py --suite packing ...``). Writes
-``benchmarks/results/train_step_packing_<device>.csv`` and prints one markdown table per data set. Quick
-smoke test: ``--repeats 1 --datasets bundled --ks 0``. Estimated time at ``--repeats 3``: 20 processes
-(2 data sets x (9 lit-idpo rows + TRL + TRL padding_free)) of about 15-25 s start-up each, plus 4 steps each of
-roughly 2-10 s (bundled) and 5-30 s (longtail).
+``benchmarks/results/train_step_packing_cpu.csv`` and prints one markdown table per data set (CPU only for now: a
+GPU row needs the CUDA memory counters and device placement that ``bench_train_step.py`` has for its heads). It
+runs 22 processes (per data set: 9 lit-idpo rows, TRL, and TRL's padding_free check, which builds the trainer but
+runs no step), each about 15 s of start-up plus ``repeats + 1`` steps. Estimated wall time on the quiet 2-core CPU
+at the default ``--repeats 3``: about 23-25 minutes (bundled ~9 min: steps of ~5-10 s, TRL ~15 s; longtail ~15 min:
+padded steps ~20-25 s, packed ~10-15 s, TRL ~35 s; extrapolated from the issue's quiet-machine step times by
+positions computed, not timed end to end); ``--repeats 2`` takes about 4 minutes less. Quick smoke test:
+``--repeats 1 --datasets bundled --ks 0``.
 """
 
 from __future__ import annotations
@@ -323,6 +330,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         Path(args.markdown_out).write_text(table + "\n")
 
 
+def _packing_cell(row: Dict) -> str:
+    resolved = row.get("packing_resolved")
+    return f"{row['packing']} ({resolved})" if resolved and resolved != row["packing"] else row["packing"]
+
+
 def markdown_tables(rows: List[Dict]) -> str:
     """One table per data set: step time, ratios to lit-idpo padded plain DPO and to TRL, memory, token rate."""
     header = ("| system | packing | K | step s (median) | x lit-idpo padded DPO | x TRL | peak RSS MB | "
@@ -334,6 +346,8 @@ def markdown_tables(rows: List[Dict]) -> str:
                      and r["k"] == 0), None)
         trl = next((r.get("time_s") for r in mine if r["system"] == "trl" and r["packing"] == "none"), None)
         first = mine[0]
+        losses = {r["k"]: r.get("loss_last") for r in mine
+                  if r["system"] == "lit-idpo" and r["packing"] == "none" and r["status"] == "ok"}
         lines = [f"**{dataset}** ({first.get('device')}, {first.get('model')} fp32, {first.get('batch_pairs')} pairs "
                  f"per optimiser step, embeddings frozen, live reference; torch {first.get('torch')}, transformers "
                  f"{first.get('transformers')}, trl {first.get('trl') or 'not installed'}). Step: median wall time "
@@ -345,8 +359,13 @@ def markdown_tables(rows: List[Dict]) -> str:
             note = "" if r["status"] == "ok" else r["status"]
             if r["status"] == "ok" and not r.get("same_tokens", True):
                 note = "token sequences differ from lit-idpo's"
+            padded_loss = losses.get(r["k"])
+            if r["status"] == "ok" and padded_loss is not None and r.get("loss_last") is not None \
+                    and abs(float(r["loss_last"]) - float(padded_loss)) > 1e-3:
+                # Same pairs, order, learning rate and loss: the last step's loss should agree with padded lit-idpo.
+                note = (note + "; " if note else "") + f"last loss {r['loss_last']} vs padded lit-idpo {padded_loss}"
             lines.append("| " + " | ".join([
-                r["system"], r["packing"], str(r["k"]), f"{t:.2f}" if t else "-",
+                r["system"], _packing_cell(r), str(r["k"]), f"{t:.2f}" if t else "-",
                 f"{t / base:.2f}" if t and base else "-", f"{t / trl:.2f}" if t and trl else "-",
                 f"{r['peak_mb']:.0f}" if r.get("peak_mb") else "-",
                 f"{r['tokens_per_s']:.0f}" if r.get("tokens_per_s") else "-",
