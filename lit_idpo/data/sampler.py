@@ -86,7 +86,7 @@ class PairBatchSampler(BatchSampler):
     ``sampler`` argument (``Trainer(use_distributed_sampler=True)``, the default); only that sampler's
     ``num_replicas`` and ``rank`` are used, the order stays this class's own.
 
-    Resuming: ``resume`` (or :meth:`load_state_dict`) ``{"epoch": e, "batches_done": n}`` makes the first
+    Resuming: :meth:`load_state_dict` with ``{"epoch": e, "batches_done": n}`` makes the first
     iterator of epoch ``e`` skip this rank's first ``n`` batches; ``len()`` stays the whole epoch's count,
     which is what Lightning expects (its restored batch counter continues from ``n``).
 
@@ -99,12 +99,11 @@ class PairBatchSampler(BatchSampler):
         max_tokens: Token budget of a batch; ``None``: fixed-size batches.
         num_replicas: Ranks sharing the epoch (overridden by a ``DistributedSampler`` ``sampler``).
         rank: This process's rank.
-        resume: Where to start, as returned by :meth:`state_dict` (``None``: at the epoch's start).
     """
 
     def __init__(self, sampler: Optional[Sampler] = None, batch_size: int = 8, *, num_pairs: int, seed: int = 0,
                  pair_tokens: Optional[Sequence[int]] = None, max_tokens: Optional[int] = None,
-                 num_replicas: int = 1, rank: int = 0, resume: Optional[Dict[str, int]] = None):
+                 num_replicas: int = 1, rank: int = 0):
         if max_tokens is not None and (pair_tokens is None or len(pair_tokens) != num_pairs):
             raise ValueError("token-bounded batches need the token count of every pair (pair_tokens, one per pair)")
         if isinstance(sampler, DistributedSampler):
@@ -119,7 +118,7 @@ class PairBatchSampler(BatchSampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self._partition = None if max_tokens is None else token_bounded_batches(pair_tokens, max_tokens, seed)
-        self._resume = dict(resume) if resume else None
+        self._resume: Optional[Dict[str, int]] = None
         self._served = 0  # batches of the current epoch's iterator handed out, the skipped ones included
 
     @property
@@ -151,6 +150,8 @@ class PairBatchSampler(BatchSampler):
         return batches[self.rank::self.num_replicas]
 
     def __iter__(self) -> Iterator[List[int]]:
+        # A generator: the epoch is read at the first batch, not when the DataLoader makes its iterator (which
+        # Lightning does before it calls set_epoch).
         epoch = self.epoch
         start = 0
         if self._resume is not None and self._resume["epoch"] == epoch:
