@@ -22,7 +22,7 @@ from torchmetrics import MeanMetric
 
 from lit_idpo import export
 from lit_idpo.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint_safely
-from lit_idpo.data.packing import is_packed, scoring_plan, unsupported_reason
+from lit_idpo.data.packing import check_packable, is_packed, scoring_plan
 from lit_idpo.errors import ConfigError
 from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path, resolve_layers
 from lit_idpo.lora import LoraOptions, as_lora_options, wrap_lora
@@ -239,15 +239,12 @@ class IntermediateDPO(LightningModule):
             self._check_packable(network)
         return batch_logprobs(network, batch, self.layer_ids, backend=self.hparams.backend)  # [1+K, 2B]
 
-    def _check_packable(self, network: nn.Module) -> None:
+    @staticmethod
+    def _check_packable(network: nn.Module) -> None:
         # A packed batch built without the module's resolution (a data module used directly) must still be exact.
-        if getattr(network, "_lit_idpo_packable", False):
-            return
-        reason = unsupported_reason("prefix_shared", network)  # both packed modes need the same support
-        if reason is not None:
-            raise ConfigError(f"data.packing: a packed batch cannot be scored by model type "
-                              f"{network.config.model_type!r}: {reason}. Use data.packing=none or auto.")
-        network._lit_idpo_packable = True
+        if not getattr(network, "_lit_idpo_packable", False):
+            check_packable(network)
+            network._lit_idpo_packable = True
 
     @staticmethod
     def num_pairs(batch: Dict[str, torch.Tensor]) -> int:

@@ -13,11 +13,15 @@ Modes:
   model is known (the module's ``setup``); a datamodule never told the model serves padded batches.
 
 Row layout. SDPA with a dense mask computes all ``T x T`` scores of a row on CPU, so one long row per batch
-would waste attention work quadratically. Units (a sequence for ``padding_free``, a whole pair for
+wastes attention work quadratically. Units (a sequence for ``padding_free``, a whole pair for
 ``prefix_shared``) are placed first-fit, longest first, into rows no longer than the longest unit: one pair
 per row for ``prefix_shared`` (no duplicated prompt, little padding) and short sequences sharing rows for
-``padding_free``. Measured on SmolLM2-135M fp32, 8 bundled arithmetic pairs, CPU train step
-(forward + backward, live reference): see :data:`ROW_LAYOUT_NOTE`.
+``padding_free``. Measured (SmolLM2-135M fp32, 8 bundled arithmetic pairs, train step with live reference,
+2-core CPU shared with other jobs, so medians of few steps): padded [16, 56] 28.5 s, prefix_shared [8, 69]
+the fastest in every interleaved round (best 14.6 s vs 41.4 s padded), padding_free rows of twice the longest
+sequence [8, 112] 40.4 s and one row [1, 874] 44.2 s, both slower than rows of the longest sequence. On
+pairs of near-equal length (the bundled set) padding_free has the padded layout ([16, 56]) and costs about
+the same as padded; it gains on ragged lengths.
 
 A packed batch carries, besides ``pair_index [B]``:
 
@@ -49,8 +53,6 @@ PACKING_MODES = ("auto", "none", "padding_free", "prefix_shared")
 PACKABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 #: Attention implementations that apply a custom dense 4-D mask as given.
 MASK_ATTENTION = ("sdpa", "eager")
-#: Measured: see the module docstring and the report in the issue.
-ROW_LAYOUT_NOTE = "rows no longer than the longest unit"
 
 Batch = Dict[str, torch.Tensor]
 
@@ -141,7 +143,8 @@ def resolve_packing(requested: str, models: Sequence[Any]) -> Tuple[str, Optiona
     """
     if requested not in PACKING_MODES:
         raise ConfigError(f"data.packing={requested!r} is not an option; choose one of {list(PACKING_MODES)}")
-    candidates = ("prefix_shared", "padding_free") if requested == "auto" else (requested,)
+    # Both packed modes need the same support (a custom 4-D mask and position_ids), and prefix_shared does less work.
+    candidates = ("prefix_shared",) if requested == "auto" else (requested,)
     reasons = []
     for mode in candidates:
         reason = next((r for r in (unsupported_reason(mode, m) for m in models if m is not None) if r), None)
@@ -152,6 +155,16 @@ def resolve_packing(requested: str, models: Sequence[Any]) -> Tuple[str, Optiona
         if requested != "auto":
             raise ConfigError(f"{reasons[-1]}. Use data.packing=none (padded batches) or auto.")
     return "none", "; ".join(reasons) + "; using padded batches (data.packing=none)"
+
+
+def check_packable(model) -> None:
+    """Raise a ConfigError naming ``data.packing`` when ``model`` cannot score packed batches exactly (for a
+    packed batch built without :func:`resolve_packing`, e.g. by a data module used directly)."""
+    reason = unsupported_reason("prefix_shared", model)
+    if reason is not None:
+        model_type = getattr(_base(model).config, "model_type", "?")
+        raise ConfigError(f"data.packing: a packed batch cannot be scored by model type {model_type!r}: {reason}. "
+                          f"Use data.packing=none or auto.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -288,6 +301,6 @@ def pack_prefix_shared(examples: Sequence[Dict[str, Any]], pad_token_id: int) ->
 
 PACKERS = {"padding_free": pack_padding_free, "prefix_shared": pack_prefix_shared}
 
-__all__ = ["PACKABLE_MODEL_TYPES", "PACKERS", "PACKING_MODES", "ScoringPlan", "attention_for", "is_packed",
-           "pack_padding_free", "pack_prefix_shared", "resolve_packing", "scoring_plan", "sequence_token_counts",
-           "unsupported_reason"]
+__all__ = ["PACKABLE_MODEL_TYPES", "PACKERS", "PACKING_MODES", "ScoringPlan", "attention_for", "check_packable",
+           "is_packed", "pack_padding_free", "pack_prefix_shared", "resolve_packing", "scoring_plan",
+           "sequence_token_counts", "unsupported_reason"]
