@@ -9,7 +9,9 @@ The LightningModule chooses one :class:`ReferenceLogprobs` once and asks it for 
 
 Every implementation returns the same layout: ``[1 + K, 2B]`` SUMS of completion-token log-probs,
 row 0 the final layer and rows 1..K the intermediate ones, columns the batch's chosen rows then its
-rejected rows. Length averaging (``ipo``) is the loss's business (:mod:`lit_idpo.losses`).
+rejected rows. Batches may be of any packing mode (:mod:`lit_idpo.data.packing`): the live references score
+the very batch the policy scores, and the cache is keyed by the pairs' tokens, so it serves every mode.
+Length averaging (``ipo``) is the loss's business (:mod:`lit_idpo.losses`).
 """
 
 from __future__ import annotations
