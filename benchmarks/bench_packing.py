@@ -89,7 +89,7 @@ def steps_of(args) -> int:
 
 
 def data_source(args) -> str:
-    """The ``data.source`` of the row's data set (the long-tailed set is written once, deterministically)."""
+    """The ``data.source`` of the row's data set (the long-tailed set is rewritten, identically, by each run)."""
     if args.dataset == "bundled":
         return "bundled:arithmetic"
     num_pairs = args.batch_pairs * steps_of(args)
