@@ -50,7 +50,13 @@ def test_bf16_precisions_use_the_low_precision_head_and_stay_close_to_fp32(tmp_p
         seen.clear()
         pl.seed_everything(0)
         recorder = LossRecorder()
-        make_trainer(3, [recorder], precision=precision).fit(_module(tmp_path, backend=backend), _data())
+        # Padded batches: the two bf16 runs below are compared after two AdamW steps at lr 1e-2, which turn bf16
+        # rounding differences between the heads into sign flips of tiny (tied embedding) gradients. With
+        # prefix_shared's row layout those rounding differences are larger (measured: per-parameter gradients of
+        # the two heads differ by up to 0.7 % relative, against 0.3 % padded, both at bf16 rounding level) and the
+        # step-3 losses drift 6e-3 apart; packing's exactness is tested in float64/float32 in test_packing.py.
+        make_trainer(3, [recorder], precision=precision).fit(_module(tmp_path, backend=backend),
+                                                             _data(packing="none"))
         runs[precision, backend] = [recorder.losses[s] for s in (1, 2, 3)]
         expected = torch.float32 if precision == "32-true" else torch.bfloat16
         # The kernel gets bf16 operands (its low-precision path), with autocast off inside it.
