@@ -21,6 +21,7 @@ prints every option with its default, ``--help`` describes them, :mod:`lit_idpo.
       judge: {name: rule}                # or {name: openai, base_url: ..., model: ...} / {name: reward-model, ...}
       implicit: {layers: auto}           # null: no implicit-reward accuracy
       confidence: 0.95
+    seeds: [0, 1, 2]                     # optional: train every setting and DPO once per seed (see below)
 
 What happens (``lit-idpo sweep --config FILE``):
 
@@ -41,6 +42,21 @@ What happens (``lit-idpo sweep --config FILE``):
    ``sweep_results.json``, ``sweep_results.md`` (printed too), ``sweep_plot.png`` (win rate with its
    interval against layer position for one-layer settings, and against the number of layers K), and
    the full evaluation in ``<output_dir>/eval/``.
+
+With ``seeds: [0, 1, ...]`` (left out: one run per setting, as above) every setting and the DPO baseline
+is trained once per seed, in ``runs/<name>/seed<k>/`` (manifest key ``<name>/seed<k>``, evaluation
+name ``<name>@seed<k>``), seed by seed. The seed sets every seed of the training, ``seed_everything``
+and ``data.seed`` (the order of the training pairs), the same for every arm, so the arms of one seed
+are paired; ``model.init_seed`` (which tiny random model is the starting point) is not a training seed
+and stays. Each arm-seed is judged against the same seed's DPO and against the untrained SFT model
+(generated once). Per arm and comparison (win rate vs DPO, vs SFT, answer-score difference to DPO
+when the judge scores answers, and the implicit-reward accuracy per layer) ``sweep_results.json``
+gives ``per_seed`` (each the usual mean over prompts), their ``mean``, the 95 % Student-t interval over
+the seeds (``ci_low``/``ci_high``: the variation between training runs), a two-level bootstrap
+(resample seeds, then prompts; ``bootstrap_low``/``bootstrap_high``) as a cross-check, and a
+``verdict`` from the t-interval ("better than DPO", "worse than DPO", "no detectable difference";
+one seed: no interval). The table shows them; the plot shows each per-seed value and the mean with
+its interval.
 """
 
 from __future__ import annotations
@@ -61,10 +77,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import yaml
 
 from lit_idpo.errors import ConfigError, UserError
+from lit_idpo.evaluation.statistics import BOOTSTRAP_RESAMPLES, compare_over_seeds, over_seeds, verdict
 from lit_idpo.storage import atomic_write_json, atomic_write_text, read_json_or
 from lit_idpo.sweep_report import format_sweep_markdown, plot_sweep
 from lit_idpo.sweep_spec import (
     DPO,
+    SEED_KEYS,
     SFT,
     DataOptions,
     ImplicitOptions,
@@ -76,13 +94,23 @@ from lit_idpo.sweep_spec import (
     spec_from_config,
 )
 
-__all__ = ["Setting", "Sweep", "SweepConfig", "SweepSpec", "TrainingRunError", "format_sweep_markdown", "load_spec",
-           "main", "plot_sweep", "run_sweep"]
+__all__ = ["Setting", "Sweep", "SweepConfig", "SweepSpec", "TrainingRunError", "compare_over_seeds", "eval_name",
+           "format_sweep_markdown", "load_spec", "main", "plot_sweep", "run_key", "run_sweep", "verdict"]
 
 
 class TrainingRunError(UserError, RuntimeError):
     """A setting's ``lit-idpo fit`` child process failed. Its own error and traceback are in its log (and were
     shown as it ran); this message names the setting, the exit code, the log and the command to repeat it."""
+
+
+def run_key(arm: str, seed: Optional[int]) -> str:
+    """A training run's key in the manifest and its folder under ``runs/``: the arm, or ``<arm>/seed<k>``."""
+    return arm if seed is None else f"{arm}/seed{seed}"
+
+
+def eval_name(key: str) -> str:
+    """The model name of a training run in the evaluation: its key, ``<arm>@seed<k>`` for a seeded run."""
+    return key.replace("/seed", "@seed")
 
 
 def _info(message: str) -> None:
@@ -174,11 +202,19 @@ class Sweep:
         self.common_configs = ([str(spec.base_config)] if spec.base_config else []) + [str(self.fit_overrides)]
         self.base = _parse_fit_config(self.common_configs)
         self.base_model = self.base.model.model
-        self.runs: Dict[str, Setting] = {}
+        # The arms (the DPO baseline, then the settings), and the training runs: one per arm, or, with seeds,
+        # one per arm and seed, keyed "<arm>/seed<k>" (their folder under runs/), seed-major so that a partly
+        # trained sweep has whole seeds.
+        self.arms: Dict[str, Setting] = {}
         if spec.baselines.get(DPO):
-            self.runs[DPO] = Setting(DPO, [], 1.0)
+            self.arms[DPO] = Setting(DPO, [], 1.0)
         for s in spec.settings:
-            self.runs[s.name] = s
+            self.arms[s.name] = s
+        if spec.seeds is None:
+            self.runs: Dict[str, Setting] = dict(self.arms)
+        else:
+            self.runs = {run_key(arm, seed): dataclasses.replace(s, name=run_key(arm, seed), seed=seed)
+                         for seed in spec.seeds for arm, s in self.arms.items()}
         self.manifest = read_json_or(self.manifest_path, {"settings": {}})
 
     # ------------------------------------------------------------------ files
@@ -195,6 +231,8 @@ class Sweep:
                                   "trainer.default_root_dir": str(run)}
         if setting.gamma is not None:
             dotted["model.gamma"] = setting.gamma
+        if setting.seed is not None:  # every seed the training uses; the model's init_seed (the SFT model) stays
+            dotted.update(dict.fromkeys(SEED_KEYS, setting.seed))
         logger = self.base.trainer.logger
         if hasattr(logger, "class_path") and "save_dir" in (_to_plain(getattr(logger, "init_args", {})) or {}):
             dotted["trainer.logger"] = {"class_path": logger.class_path, "init_args": {"save_dir": str(run)}}
@@ -265,7 +303,8 @@ class Sweep:
                                    f"that the fit config does not change model.hf_output_dir")
         self.manifest["settings"][name] = {"status": "trained", "config_hash": self.config_hash(setting),
                                            "hf_model": str(hf), "fit_seconds": round(seconds, 1),
-                                           "layers": setting.layers, "gamma": setting.gamma, "command": argv,
+                                           "layers": setting.layers, "gamma": setting.gamma, "seed": setting.seed,
+                                           "command": argv,
                                            "log": str(log), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.manifest_path, self.manifest)
         _info(f"{name}: trained in {seconds:.0f} s")
@@ -297,11 +336,15 @@ class Sweep:
         for name in self.runs:
             if not self.is_trained(name):
                 raise RuntimeError(f"{name} is not trained yet; run the sweep's training first")
-            models.append(ev.ModelSpec(name, str(self.hf_dir(name))))
-        baselines = [b for b in (DPO, SFT) if any(m.name == b for m in models)]
-        pairs = [(s.name, b) for s in self.spec.settings for b in baselines]
-        if DPO in baselines and SFT in baselines:
-            pairs.append((DPO, SFT))
+            models.append(ev.ModelSpec(eval_name(name), str(self.hf_dir(name))))
+        baselines = [b for b in (DPO, SFT) if b in self.arms or any(m.name == b for m in models)]
+        pairs = []
+        for seed in self.spec.seeds or [None]:
+            # Each arm-seed against the same seed's DPO, and against the one (untrained) SFT model.
+            names = {arm: arm if arm == SFT else eval_name(run_key(arm, seed)) for arm in [*self.arms, SFT]}
+            pairs += [(names[s.name], names[b]) for s in self.spec.settings for b in baselines]
+            if DPO in baselines and SFT in baselines:
+                pairs.append((names[DPO], SFT))
         implicit = None
         if options.implicit is not None:
             implicit = dataclasses.replace(options.implicit)  # a copy: the spec stays as read
@@ -314,7 +357,7 @@ class Sweep:
                               pairs=pairs, reference=self.base_model if implicit is not None else None,
                               implicit=implicit or ImplicitOptions(), confidence=options.confidence,
                               progress=progress)
-        summary = self.summarize(results)
+        summary = self.summarize(results) if self.spec.seeds is None else self.summarize_seeds(results)
         atomic_write_json(self.out / "sweep_results.json", summary)
         atomic_write_text(self.out / "sweep_results.md", format_sweep_markdown(summary) + "\n")
         plot_sweep(summary, self.out / "sweep_plot.png")
@@ -352,6 +395,83 @@ class Sweep:
                 "prompts": results["prompts"], "generation": results["generation"], "confidence": results["confidence"],
                 "ci_method": results["ci_method"], "sft_score": scores.get(SFT), "rows": rows,
                 "implicit_layers": implicit.get("layers"), "evaluation": str(self.out / "eval" / "results.md")}
+
+    # ------------------------------------------------------------------ over seeds
+    def prompt_scores(self) -> Dict[tuple, List[float]]:
+        """Per-prompt win scores of every judged pair (first's side: both orders averaged, ties 1/2), from the
+        evaluation's ``judgments.jsonl``; prompts without a verdict are left out, as in the pair's win rate."""
+        per_pair: Dict[tuple, Dict[int, List[float]]] = {}
+        for line in (self.out / "eval" / "judgments.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            first, second = record["pair"]
+            by_prompt = per_pair.setdefault((first, second), {})
+            if record["winner"] is None:
+                by_prompt.setdefault(record["prompt_index"], [])
+                continue
+            score = 0.5 if record["winner"] == "tie" else float(record["winner_model"] == first)
+            by_prompt.setdefault(record["prompt_index"], []).append(score)
+        return {pair: [sum(v) / len(v) for _, v in sorted(prompts.items()) if v]
+                for pair, prompts in per_pair.items()}
+
+    def answer_scores(self, results: Mapping[str, Any]) -> Optional[Dict[str, List[float]]]:
+        """Per-prompt scores of every model (answer accuracy for the rule judge), in prompt order; None when the
+        judge gives no per-response score."""
+        from lit_idpo.evaluation.options import slug
+
+        if any(m.get("score") is None for m in results["models"]):
+            return None
+        out = {}
+        for m in results["models"]:
+            path = self.out / "eval" / "responses" / f"{slug(m['name'])}.jsonl"
+            out[m["name"]] = [json.loads(line)["score"] for line in path.read_text().splitlines()]
+        return out
+
+    def summarize_seeds(self, results: Mapping[str, Any]) -> Dict[str, Any]:
+        """One row per arm with, per comparison, the mean over seeds, the interval over training runs (Student-t
+        over the seeds' values), the two-level bootstrap, ``per_seed`` and a verdict."""
+        L, seeds, confidence = self.num_layers(), self.spec.seeds, results["confidence"]
+        pair_scores = self.prompt_scores()
+        answers = self.answer_scores(results)
+        implicit = results.get("implicit_reward") or {}
+        implicit_layers = implicit.get("layers", [])
+        rows = []
+        for arm, setting in self.arms.items():
+            names = [eval_name(run_key(arm, seed)) for seed in seeds]
+            dpo = [eval_name(run_key(DPO, seed)) for seed in seeds]
+            layers = [layer if layer > 0 else layer + L + 1 for layer in setting.layers]
+            fit = [self.manifest["settings"].get(run_key(arm, seed), {}).get("fit_seconds") for seed in seeds]
+            row: Dict[str, Any] = {
+                "name": arm, "layers": layers, "k": len(layers),
+                "gamma": setting.gamma if setting.gamma is not None else float(self.base.model.gamma),
+                "relative_position": [round(layer / L, 4) for layer in layers], "seeds": seeds, "runs": names,
+                "fit_seconds": None if None in fit else round(sum(fit), 1)}
+            for baseline, others in ((DPO, dpo), (SFT, [SFT] * len(seeds))):
+                per_seed = [pair_scores.get((name, other)) for name, other in zip(names, others)]
+                row[f"vs_{baseline}"] = None if arm == baseline or None in per_seed else compare_over_seeds(
+                    per_seed, null=0.5, versus=baseline.upper(), bounds=(0.0, 1.0), confidence=confidence)
+            row["score"] = row["accuracy_vs_dpo"] = None
+            if answers is not None:
+                row["score"] = over_seeds([sum(answers[n]) / len(answers[n]) for n in names], confidence)
+                if arm != DPO and DPO in self.arms:
+                    differences = [[a - b for a, b in zip(answers[n], answers[d])] for n, d in zip(names, dpo)]
+                    row["accuracy_vs_dpo"] = compare_over_seeds(differences, null=0.0, versus="DPO",
+                                                                bounds=(-1.0, 1.0), confidence=confidence)
+            models = implicit.get("models", {})
+            row["implicit"] = None if not implicit_layers or any(n not in models for n in names) else [
+                {"layer": layer, **over_seeds([models[n]["accuracy"][i] for n in names], confidence, (0.0, 1.0))}
+                for i, layer in enumerate(implicit_layers)]
+            at = {entry["layer"]: entry["mean"] for entry in row["implicit"] or []}
+            row["implicit_final"] = at.get(L)
+            row["implicit_trained_layers"] = [at.get(layer) for layer in layers]
+            rows.append(row)
+        scores = {m["name"]: m.get("score") for m in results["models"]}
+        return {"num_layers": L, "base_model": self.base_model, "judge": results["judge"], "seeds": seeds,
+                "prompts": results["prompts"], "generation": results["generation"], "confidence": confidence,
+                "ci_method": f"Student-t over the {len(seeds)} seeds' values (each the mean over prompts); "
+                             f"two-level bootstrap (seeds, then prompts; {BOOTSTRAP_RESAMPLES} resamples, seed 0) "
+                             f"as a cross-check",
+                "sft_score": scores.get(SFT), "rows": rows, "implicit_layers": implicit_layers or None,
+                "evaluation": str(self.out / "eval" / "results.md")}
 
 
 def _run(spec: SweepSpec, *, train_only: bool, progress: bool) -> Optional[Dict[str, Any]]:

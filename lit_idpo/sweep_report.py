@@ -1,6 +1,8 @@
 """The sweep's report: the markdown table and the plot of win rates against layer position and K.
 
-Both read the summary that :meth:`lit_idpo.sweep.Sweep.summarize` writes to ``sweep_results.json``.
+Both read the summary that :meth:`lit_idpo.sweep.Sweep.summarize` (one run per setting) or
+:meth:`lit_idpo.sweep.Sweep.summarize_seeds` (a ``seeds`` list: intervals over training runs) writes to
+``sweep_results.json``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from lit_idpo.storage import atomic_write
 from lit_idpo.sweep_spec import DPO, SFT
 
-__all__ = ["format_sweep_markdown", "plot_sweep"]
+__all__ = ["format_seeds_markdown", "format_sweep_markdown", "plot_sweep"]
 
 
 def _cell(p: Optional[Mapping[str, Any]]) -> str:
@@ -25,8 +27,61 @@ def _wtl(p: Optional[Mapping[str, Any]]) -> str:
     return "n/a" if p is None else f"{p['wins']}/{p['ties']}/{p['losses']}"
 
 
+def _head(r: Mapping[str, Any]) -> str:
+    # The first columns of a run's row: name, layers, K, gamma.
+    return f"| {r['name']} | {','.join(map(str, r['layers'])) or '-'} | {r['k']} | {r['gamma']:g} | "
+
+
+def _tail(r: Mapping[str, Any]) -> str:
+    # The last columns of a run's row: implicit-reward accuracy at its layers, fit time.
+    return (f"{', '.join(_pct(x) for x in r['implicit_trained_layers']) or '-'} | "
+            f"{r['fit_seconds'] if r['fit_seconds'] is not None else 'n/a'} |")
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}"
+
+
+def _seed_cell(c: Optional[Mapping[str, Any]], signed: bool = False) -> str:
+    # mean [t-interval over seeds] (two-level bootstrap), then the per-seed values
+    if c is None:
+        return "-"
+    fmt = (lambda x: "n/a" if x is None else f"{100 * x:+.1f}") if signed else _pct
+    interval = "no interval" if c["ci_low"] is None else f"[{fmt(c['ci_low'])}, {fmt(c['ci_high'])}]"
+    boot = "" if c.get("bootstrap_low") is None else f" (boot. [{fmt(c['bootstrap_low'])}, {fmt(c['bootstrap_high'])}])"
+    return f"{fmt(c['mean'])} {interval}{boot}; seeds: {', '.join(fmt(v) for v in c['per_seed'])}"
+
+
+def format_seeds_markdown(summary: Mapping[str, Any]) -> str:
+    """The table of a sweep over seeds: per arm and comparison, mean over seeds, intervals, per-seed values, verdict."""
+    conf = round(100 * summary["confidence"])
+    seeds = summary["seeds"]
+    is_rule = summary["judge"]["name"] == "rule"
+    lines = [f"Base model `{summary['base_model']}` ({summary['num_layers']} layers); {summary['prompts']['prompts']} "
+             f"prompts from split `{summary['prompts']['split']}` of `{summary['prompts']['source']}`; judge "
+             f"`{summary['judge']['name']}`; {len(seeds)} training seeds {seeds} (each arm trained once per seed, "
+             f"paired with the same seed's DPO). Each cell: mean over seeds of the per-seed values (%), its {conf} % "
+             f"interval over training runs (Student-t over the seeds), the two-level bootstrap (seeds, then "
+             f"prompts) in parentheses, and the per-seed values. The verdict reads the t-interval.", ""]
+    score = "accuracy (%)" if is_rule else "score"
+    lines.append(f"| run | layers | K | gamma | win rate vs DPO | verdict vs DPO | win rate vs SFT | {score} | "
+                 f"{score} minus DPO's | verdict ({score} vs DPO) | implicit acc. at its layers (%) | fit (s) |")
+    lines.append("|---|---|---:|---:|---|---|---|---|---|---|---:|---:|")
+    for r in summary["rows"]:
+        vs_dpo, acc = r["vs_dpo"], r["accuracy_vs_dpo"]
+        own = _seed_cell(r["score"]) if is_rule else ("-" if r["score"] is None else f"{r['score']['mean']:.4f}")
+        lines.append(_head(r) + f"{_seed_cell(vs_dpo)} | {vs_dpo['verdict'] if vs_dpo else '-'} | "
+                     f"{_seed_cell(r['vs_sft'])} | {own} | {_seed_cell(acc, signed=True) if is_rule else '-'} | "
+                     f"{acc['verdict'] if acc and is_rule else '-'} | " + _tail(r))
+    lines += ["", f"CI method: {summary['ci_method']}."]
+    return "\n".join(lines)
+
+
 def format_sweep_markdown(summary: Mapping[str, Any]) -> str:
-    """The sweep table: one row per run, win rates with intervals against DPO and SFT, scores, fit time."""
+    """The sweep table: one row per run, win rates with intervals against DPO and SFT, scores, fit time (with a
+    ``seeds`` list: :func:`format_seeds_markdown`)."""
+    if summary.get("seeds"):
+        return format_seeds_markdown(summary)
     conf = round(100 * summary["confidence"])
     is_rule = summary["judge"]["name"] == "rule"
     score_label = "accuracy (%)" if is_rule else "mean score"
@@ -43,27 +98,28 @@ def format_sweep_markdown(summary: Mapping[str, Any]) -> str:
             return "n/a"
         return f"{100 * s['mean']:.1f}" if is_rule else f"{s['mean']:.4f}"
 
-    def pct(x):
-        return "n/a" if x is None else f"{100 * x:.1f}"
-
     sft_score = summary.get("sft_score")
     if sft_score:
         lines.append(f"| sft (untrained) | - | - | - | - | - | - | - | {fmt_score(sft_score)} | - | - | - |")
     for r in summary["rows"]:
-        layers = ",".join(map(str, r["layers"])) or "-"
         is_dpo = r["name"] == DPO
-        lines.append(f"| {r['name']} | {layers} | {r['k']} | {r['gamma']:g} | "
-                     f"{'-' if is_dpo else _cell(r['vs_dpo'])} | "
+        lines.append(_head(r) + f"{'-' if is_dpo else _cell(r['vs_dpo'])} | "
                      f"{'-' if is_dpo else _wtl(r['vs_dpo'])} | {_cell(r['vs_sft'])} | {_wtl(r['vs_sft'])} | "
-                     f"{fmt_score(r['score'])} | {pct(r['implicit_final'])} | "
-                     f"{', '.join(pct(x) for x in r['implicit_trained_layers']) or '-'} | "
-                     f"{r['fit_seconds'] if r['fit_seconds'] is not None else 'n/a'} |")
+                     f"{fmt_score(r['score'])} | {_pct(r['implicit_final'])} | " + _tail(r))
     lines += ["", f"CI method: {summary['ci_method']}."]
     return "\n".join(lines)
 
 
+def _centre(p: Mapping[str, Any]) -> float:
+    # One run per setting: the win rate over prompts; over seeds: the mean of the per-seed win rates.
+    return p["win_rate"] if "win_rate" in p else p["mean"]
+
+
 def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
-    """PNG: win rate (with interval) against layer position (K = 1 runs) and against K, versus DPO and SFT."""
+    """PNG: win rate (with interval) against layer position (K = 1 runs) and against K, versus DPO and SFT.
+
+    Over seeds, each comparison is drawn as its per-seed win rates (small points) and the mean over seeds with
+    the interval over training runs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,9 +137,12 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
     def draw(ax, x, p, baseline, marker, label):
         if p is None:
             return
-        y = 100 * p["win_rate"]
-        err = [[y - 100 * p["ci_low"]], [100 * p["ci_high"] - y]]
+        y = 100 * _centre(p)
+        err = None if p["ci_low"] is None else [[y - 100 * p["ci_low"]], [100 * p["ci_high"] - y]]
         ax.errorbar([x], [y], yerr=err, fmt=marker, color=colours[baseline], capsize=4, label=label)
+        if "per_seed" in p:
+            ax.scatter([x] * len(p["per_seed"]), [100 * v for v in p["per_seed"]], s=10, color=colours[baseline],
+                       alpha=0.45, marker=marker, linewidths=0)
 
     seen = set()
     ax = axes[0]
@@ -126,7 +185,7 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
     for ax in axes:
         ax.axhline(50, color="black", linewidth=0.8)
         if dpo is not None and dpo.get("vs_sft"):
-            ax.axhline(100 * dpo["vs_sft"]["win_rate"], color=colours[SFT], linestyle="--", linewidth=0.8,
+            ax.axhline(100 * _centre(dpo["vs_sft"]), color=colours[SFT], linestyle="--", linewidth=0.8,
                        label="DPO vs SFT")
         ax.set_ylabel(f"win rate (%) with {round(100 * summary['confidence'])} % interval")
         ax.grid(alpha=0.3)
@@ -135,7 +194,9 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(handles)))
     judge = summary["judge"]["name"]
     fig.suptitle(f"Intermediate DPO vs DPO and vs SFT: {summary['base_model']}, judge {judge}, "
-                 f"{summary['prompts']['prompts']} prompts", fontsize=10)
+                 f"{summary['prompts']['prompts']} prompts" + (
+                     f"; {len(summary['seeds'])} seeds (small points: per seed; bars: mean and interval over "
+                     f"training runs)" if summary.get("seeds") else ""), fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -37,6 +37,9 @@ ImplicitOptions = _options.ImplicitOptions
 SFT, DPO = "sft", "dpo"
 # Fit options that the sweep sets itself for each run (a setting's overrides may not).
 SWEEP_OWNED = ("model.layers", "model.gamma", "model.hf_output_dir", "trainer.default_root_dir")
+# ... and, with a ``seeds`` list, every seed of the training (the same value for every arm of one seed).
+SEED_KEYS = ("seed_everything", "data.seed")
+SEEDS_FIX = "give a list of distinct non-negative integers, e.g. seeds: [0, 1, 2] (or leave seeds out: one run each)"
 
 
 @dataclass
@@ -119,6 +122,10 @@ class SweepConfig:
         grid: more runs, the product of its lists (null: none).
         baselines: which baselines to train / compare with.
         evaluate: how the runs are judged.
+        seeds: train every setting and the DPO baseline once per seed (e.g. ``[0, 1, 2]``): the seed sets
+            ``seed_everything`` and ``data.seed`` (the order of the training pairs), the same for every arm,
+            and the report gives intervals over the training runs. null: one run per setting with the fit
+            config's seeds.
     """
 
     output_dir: Optional[str] = None
@@ -128,16 +135,19 @@ class SweepConfig:
     grid: Optional[GridConfig] = None
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     evaluate: SweepEvaluateConfig = field(default_factory=SweepEvaluateConfig)
+    seeds: Optional[List[int]] = None
 
 
 @dataclass
 class Setting:
-    """One training run of the sweep: intermediate ``layers`` (K = their number), ``gamma``, extra fit options."""
+    """One training run of the sweep: intermediate ``layers`` (K = their number), ``gamma``, extra fit options,
+    and the ``seed`` it is trained with (None: the fit config's seeds; a sweep without ``seeds``)."""
 
     name: str
     layers: List[int]
     gamma: Optional[float] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
+    seed: Optional[int] = None
 
     @property
     def k(self) -> int:
@@ -155,6 +165,7 @@ class SweepSpec:
     settings: List[Setting]
     baselines: Dict[str, bool]
     evaluate: SweepEvaluateConfig
+    seeds: Optional[List[int]] = None
 
 
 def build_parser() -> ArgumentParser:
@@ -186,6 +197,8 @@ def parse_args(argv: Sequence[str]):
     except ArgumentError as err:
         files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
         where = f"sweep config {', '.join(map(str, files))}: " if files else ""
+        if 'key "seeds"' in str(err):
+            raise ConfigError(f"{where}seeds: {SEEDS_FIX}; {' '.join(str(err).split())}") from err
         raise ConfigError(f"{where}{' '.join(str(err).split())} (the options: lit-idpo sweep --help; "
                           f"lit-idpo sweep --print_config prints a full sweep file)") from err
     files = [f for f in (cfg.get("config") or []) if f is not None]
@@ -250,7 +263,27 @@ def _build_config(cfg: Namespace) -> SweepConfig:
         evaluate=SweepEvaluateConfig(
             data=_plain(ev.data), generation=GenerationOptions(**_plain(ev.generation)), judge=_plain(ev.judge),
             implicit=None if ev.implicit is None else ImplicitOptions(**_plain(ev.implicit)),
-            confidence=ev.confidence))
+            confidence=ev.confidence),
+        seeds=_plain(cfg.get("seeds")))
+
+
+def _check_seeds(where: str, seeds: Any, settings: Sequence[Setting]) -> Optional[List[int]]:
+    if seeds is None:
+        return None
+    fix = SEEDS_FIX
+    if not isinstance(seeds, (list, tuple)) or not seeds:
+        raise ConfigError(f"{where}: seeds={seeds!r}; {fix}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        raise ConfigError(f"{where}: seeds has {bad!r}, not a non-negative integer; {fix}")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds={list(seeds)!r} lists a seed twice; {fix}")
+    for s in settings:
+        owned = sorted(set(s.overrides) & set(SEED_KEYS))
+        if owned:
+            raise ConfigError(f"{where}: setting {s.name!r} overrides {owned}, which seeds sets for every run; "
+                              f"remove them from its overrides (or leave seeds out)")
+    return [int(s) for s in seeds]
 
 
 def spec_from_config(cfg, sweep_file: Optional[Path] = None) -> SweepSpec:
@@ -282,9 +315,10 @@ def spec_from_config(cfg, sweep_file: Optional[Path] = None) -> SweepSpec:
         raise ConfigError(f"{where}: evaluate.judge needs a name (rule, openai or reward-model)")
     if not config.output_dir:
         raise ConfigError(f"{where}: give output_dir (in the file or with --output_dir)")
+    seeds = _check_seeds(where, config.seeds, settings)
     return SweepSpec(path=sweep_file, output_dir=Path(config.output_dir), base_config=base_path, fit=dict(config.fit),
                      settings=settings, baselines={DPO: config.baselines.dpo, SFT: config.baselines.sft},
-                     evaluate=evaluate)
+                     evaluate=evaluate, seeds=seeds)
 
 
 def load_spec(path: str | Path, output_dir: Optional[str] = None) -> SweepSpec:

@@ -58,14 +58,18 @@ def test_every_sweep_file_parses_with_its_fit_config(path, tmp_path):
     spec = sw.load_spec(path, output_dir=str(tmp_path / "out"))
     sweep = sw.Sweep(spec)  # parses the full fit config (base + overrides) with the real CLI parser
     plan = sweep.plan()
-    assert len(plan) == len(spec.settings) + spec.baselines["dpo"]
+    seeds = spec.seeds or [None]
+    assert len(plan) == (len(spec.settings) + spec.baselines["dpo"]) * len(seeds)
     for setting in spec.settings:
-        config = yaml.safe_load((tmp_path / "out" / "runs" / setting.name / "setting.yaml").read_text())
-        assert config["model"]["layers"] == setting.layers
-        configs = sweep.common_configs + [str(tmp_path / "out" / "runs" / setting.name / "setting.yaml")]
-        full = sw._parse_fit_config(configs)
-        assert full.model.layers == setting.layers
-        assert full.model.gamma == (setting.gamma if setting.gamma is not None else sweep.base.model.gamma)
+        for seed in seeds:
+            path = tmp_path / "out" / "runs" / sw.run_key(setting.name, seed) / "setting.yaml"
+            config = yaml.safe_load(path.read_text())
+            assert config["model"]["layers"] == setting.layers
+            full = sw._parse_fit_config(sweep.common_configs + [str(path)])
+            assert full.model.layers == setting.layers
+            assert full.model.gamma == (setting.gamma if setting.gamma is not None else sweep.base.model.gamma)
+            if seed is not None:
+                assert full.seed_everything == seed and full.data.seed == seed
 
 
 def test_relative_base_config_is_read_from_the_sweep_files_folder(tmp_path, monkeypatch):

@@ -8,6 +8,10 @@
 - :func:`score_summary`: a model's mean absolute score with its interval (Wilson for right/wrong
   scores, else the t-interval).
 - :func:`bootstrap_interval`: percentile bootstrap over prompts, reported as a cross-check.
+- :func:`over_seeds`: mean of per-seed values (one per training run) with the t-interval over seeds.
+- :func:`two_level_bootstrap`: percentile bootstrap over seeds, then prompts within each seed (a cross-check
+  of :func:`over_seeds`); :func:`compare_over_seeds` gives both for per-prompt values per seed, with the
+  :func:`verdict` that the t-interval supports.
 
 The t distribution is computed here (regularised incomplete beta by a continued fraction) so the
 statistics need neither SciPy nor torch; tests check it against printed tables and closed forms.
@@ -160,3 +164,83 @@ def bootstrap_interval(scores: Sequence[float], confidence: float = 0.95, resamp
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(all_means, [alpha, 1.0 - alpha])
     return Interval(float(low), float(high), "bootstrap-percentile")
+
+
+def over_seeds(values: Sequence[float], confidence: float = 0.95,
+               bounds: Optional[Tuple[float, float]] = None) -> Dict[str, Any]:
+    """Mean of per-seed values (one per training run) with the Student-t interval over the seeds.
+
+    The interval is :func:`t_interval` over the seeds' values (n - 1 degrees of freedom), so it
+    covers the variation between training runs, not only between prompts. With one seed there is
+    no interval: ``ci_low``/``ci_high``/``ci_method`` are None.
+    """
+    if not values:
+        raise ValueError("no per-seed values: an interval over training runs needs at least one seed")
+    summary: Dict[str, Any] = {"mean": statistics.fmean(values), "ci_low": None, "ci_high": None, "ci_method": None,
+                               "seeds": len(values), "per_seed": [float(v) for v in values]}
+    if len(values) >= 2:
+        interval = t_interval(values, confidence, bounds)
+        summary.update(ci_low=interval.low, ci_high=interval.high, ci_method="t over seeds")
+    return summary
+
+
+def two_level_bootstrap(per_seed_scores: Sequence[Sequence[float]], confidence: float = 0.95,
+                        resamples: int = 2000, seed: int = 0) -> Optional[Interval]:
+    """Percentile bootstrap of the mean over seeds of per-seed mean scores: resample seeds, then prompts.
+
+    Each resample draws the seeds with replacement (the same draws :func:`bootstrap_interval` makes
+    for the per-seed means with this ``seed``), then, for every drawn seed, its per-prompt scores
+    with replacement, and averages the per-seed means. So with every seed's scores constant it
+    equals :func:`bootstrap_interval` of the per-seed means. None with fewer than two seeds.
+    """
+    import numpy as np
+
+    if len(per_seed_scores) < 2:
+        return None
+    seeds = [np.asarray(scores, dtype=np.float64) for scores in per_seed_scores]
+    if any(len(s) == 0 for s in seeds):
+        raise ValueError("every seed needs at least one prompt score")
+    n = len(seeds)
+    seed_rng = np.random.default_rng(seed)
+    prompt_rng = np.random.default_rng([seed, 1])  # its own stream: the seed draws stay those of the one-level case
+    means = []
+    for start in range(0, resamples, 1000):
+        count = min(1000, resamples - start)
+        drawn = seed_rng.integers(0, n, size=(count, n))
+        seed_means = np.empty((count, n))
+        for s, scores in enumerate(seeds):
+            where = drawn == s
+            picks = prompt_rng.integers(0, len(scores), size=(int(where.sum()), len(scores)))
+            seed_means[where] = scores[picks].mean(axis=1)
+        means.append(seed_means.mean(axis=1))
+    all_means = np.concatenate(means)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(all_means, [alpha, 1.0 - alpha])
+    return Interval(float(low), float(high), "two-level bootstrap (seeds, then prompts)")
+
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def verdict(ci_low: Optional[float], ci_high: Optional[float], null: float, versus: str) -> str:
+    """What an interval over training runs supports, in words, against the value ``null`` of "no difference"."""
+    if ci_low is None or ci_high is None:
+        return "one seed: no interval over training runs (add seeds)"
+    if ci_low > null:
+        return f"better than {versus}"
+    if ci_high < null:
+        return f"worse than {versus}"
+    return "no detectable difference"
+
+
+def compare_over_seeds(per_seed: Sequence[Sequence[float]], *, null: float, versus: str, bounds: tuple,
+                       confidence: float = 0.95) -> Dict[str, Any]:
+    """Mean over seeds of the per-seed means of ``per_seed`` (per-prompt values, one list per seed), the t-interval
+    over seeds (:func:`over_seeds`), the two-level bootstrap (:func:`two_level_bootstrap`) as a cross-check
+    (``bootstrap_low``/``bootstrap_high``), the prompts per seed and the :func:`verdict` of the t-interval."""
+    out = over_seeds([sum(v) / len(v) for v in per_seed], confidence, bounds)
+    boot = two_level_bootstrap(per_seed, confidence, resamples=BOOTSTRAP_RESAMPLES, seed=0)
+    out["bootstrap_low"], out["bootstrap_high"] = (boot.low, boot.high) if boot else (None, None)
+    out["prompts"] = [len(v) for v in per_seed]
+    out["verdict"] = verdict(out["ci_low"], out["ci_high"], null, versus)
+    return out
