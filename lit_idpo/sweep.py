@@ -454,8 +454,11 @@ class Sweep:
                 row["score"] = over_seeds([sum(answers[n]) / len(answers[n]) for n in names], confidence)
                 if arm != DPO and DPO in self.arms:
                     differences = [[a - b for a, b in zip(answers[n], answers[d])] for n, d in zip(names, dpo)]
+                    # Scores in [0, 1] (right/wrong answers) differ by at most 1; a reward model's are unbounded.
+                    bounded = all(0.0 <= v <= 1.0 for n in names + dpo for v in answers[n])
                     row["accuracy_vs_dpo"] = compare_over_seeds(differences, null=0.0, versus="DPO",
-                                                                bounds=(-1.0, 1.0), confidence=confidence)
+                                                                bounds=(-1.0, 1.0) if bounded else None,
+                                                                confidence=confidence)
             models = implicit.get("models", {})
             row["implicit"] = None if not implicit_layers or any(n not in models for n in names) else [
                 {"layer": layer, **over_seeds([models[n]["accuracy"][i] for n in names], confidence, (0.0, 1.0))}

@@ -216,3 +216,11 @@ def test_tiny_sweep_over_two_seeds_end_to_end_resumes(tmp_path, monkeypatch):
     trainings.argvs = []
     assert sw.run_sweep(TINY_SEEDS, output_dir=str(out), train_only=True, progress=False) is None
     assert trainings.argvs == []  # everything finished: nothing retrained
+
+
+def test_unbounded_scores_are_not_clipped():
+    # A reward model's scores have no range: the difference's interval is the plain t-interval.
+    got = sw.compare_over_seeds([[2.0, 3.0], [-1.0, 0.0]], null=0.0, versus="DPO", bounds=None)
+    half = math.tan(math.pi * 0.475) * statistics.stdev([2.5, -0.5]) / math.sqrt(2)
+    assert got["ci_low"] == pytest.approx(1.0 - half, abs=1e-9) and got["ci_high"] == pytest.approx(1.0 + half)
+    assert got["verdict"] == "no detectable difference"

@@ -233,7 +233,8 @@ def verdict(ci_low: Optional[float], ci_high: Optional[float], null: float, vers
     return "no detectable difference"
 
 
-def compare_over_seeds(per_seed: Sequence[Sequence[float]], *, null: float, versus: str, bounds: tuple,
+def compare_over_seeds(per_seed: Sequence[Sequence[float]], *, null: float, versus: str,
+                       bounds: Optional[Tuple[float, float]],
                        confidence: float = 0.95) -> Dict[str, Any]:
     """Mean over seeds of the per-seed means of ``per_seed`` (per-prompt values, one list per seed), the t-interval
     over seeds (:func:`over_seeds`), the two-level bootstrap (:func:`two_level_bootstrap`) as a cross-check
