@@ -77,9 +77,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import yaml
 
 from lit_idpo.errors import ConfigError, UserError
-from lit_idpo.evaluation.statistics import BOOTSTRAP_RESAMPLES, compare_over_seeds, over_seeds, verdict
+from lit_idpo.evaluation.statistics import compare_over_seeds, verdict
 from lit_idpo.storage import atomic_write_json, atomic_write_text, read_json_or
 from lit_idpo.sweep_report import format_sweep_markdown, plot_sweep
+from lit_idpo.sweep_seeds import eval_name, run_key, summarize_seeds
 from lit_idpo.sweep_spec import (
     DPO,
     SEED_KEYS,
@@ -101,16 +102,6 @@ __all__ = ["Setting", "Sweep", "SweepConfig", "SweepSpec", "TrainingRunError", "
 class TrainingRunError(UserError, RuntimeError):
     """A setting's ``lit-idpo fit`` child process failed. Its own error and traceback are in its log (and were
     shown as it ran); this message names the setting, the exit code, the log and the command to repeat it."""
-
-
-def run_key(arm: str, seed: Optional[int]) -> str:
-    """A training run's key in the manifest and its folder under ``runs/``: the arm, or ``<arm>/seed<k>``."""
-    return arm if seed is None else f"{arm}/seed{seed}"
-
-
-def eval_name(key: str) -> str:
-    """The model name of a training run in the evaluation: its key, ``<arm>@seed<k>`` for a seeded run."""
-    return key.replace("/seed", "@seed")
 
 
 def _info(message: str) -> None:
@@ -357,7 +348,7 @@ class Sweep:
                               pairs=pairs, reference=self.base_model if implicit is not None else None,
                               implicit=implicit or ImplicitOptions(), confidence=options.confidence,
                               progress=progress)
-        summary = self.summarize(results) if self.spec.seeds is None else self.summarize_seeds(results)
+        summary = self.summarize(results) if self.spec.seeds is None else summarize_seeds(self, results)
         atomic_write_json(self.out / "sweep_results.json", summary)
         atomic_write_text(self.out / "sweep_results.md", format_sweep_markdown(summary) + "\n")
         plot_sweep(summary, self.out / "sweep_plot.png")
@@ -395,86 +386,6 @@ class Sweep:
                 "prompts": results["prompts"], "generation": results["generation"], "confidence": results["confidence"],
                 "ci_method": results["ci_method"], "sft_score": scores.get(SFT), "rows": rows,
                 "implicit_layers": implicit.get("layers"), "evaluation": str(self.out / "eval" / "results.md")}
-
-    # ------------------------------------------------------------------ over seeds
-    def prompt_scores(self) -> Dict[tuple, List[float]]:
-        """Per-prompt win scores of every judged pair (first's side: both orders averaged, ties 1/2), from the
-        evaluation's ``judgments.jsonl``; prompts without a verdict are left out, as in the pair's win rate."""
-        per_pair: Dict[tuple, Dict[int, List[float]]] = {}
-        for line in (self.out / "eval" / "judgments.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            first, second = record["pair"]
-            by_prompt = per_pair.setdefault((first, second), {})
-            if record["winner"] is None:
-                by_prompt.setdefault(record["prompt_index"], [])
-                continue
-            score = 0.5 if record["winner"] == "tie" else float(record["winner_model"] == first)
-            by_prompt.setdefault(record["prompt_index"], []).append(score)
-        return {pair: [sum(v) / len(v) for _, v in sorted(prompts.items()) if v]
-                for pair, prompts in per_pair.items()}
-
-    def answer_scores(self, results: Mapping[str, Any]) -> Optional[Dict[str, List[float]]]:
-        """Per-prompt scores of every model (answer accuracy for the rule judge), in prompt order; None when the
-        judge gives no per-response score."""
-        from lit_idpo.evaluation.options import slug
-
-        if any(m.get("score") is None for m in results["models"]):
-            return None
-        out = {}
-        for m in results["models"]:
-            path = self.out / "eval" / "responses" / f"{slug(m['name'])}.jsonl"
-            out[m["name"]] = [json.loads(line)["score"] for line in path.read_text().splitlines()]
-        return out
-
-    def summarize_seeds(self, results: Mapping[str, Any]) -> Dict[str, Any]:
-        """One row per arm with, per comparison, the mean over seeds, the interval over training runs (Student-t
-        over the seeds' values), the two-level bootstrap, ``per_seed`` and a verdict."""
-        L, seeds, confidence = self.num_layers(), self.spec.seeds, results["confidence"]
-        pair_scores = self.prompt_scores()
-        answers = self.answer_scores(results)
-        implicit = results.get("implicit_reward") or {}
-        implicit_layers = implicit.get("layers", [])
-        rows = []
-        for arm, setting in self.arms.items():
-            names = [eval_name(run_key(arm, seed)) for seed in seeds]
-            dpo = [eval_name(run_key(DPO, seed)) for seed in seeds]
-            layers = [layer if layer > 0 else layer + L + 1 for layer in setting.layers]
-            fit = [self.manifest["settings"].get(run_key(arm, seed), {}).get("fit_seconds") for seed in seeds]
-            row: Dict[str, Any] = {
-                "name": arm, "layers": layers, "k": len(layers),
-                "gamma": setting.gamma if setting.gamma is not None else float(self.base.model.gamma),
-                "relative_position": [round(layer / L, 4) for layer in layers], "seeds": seeds, "runs": names,
-                "fit_seconds": None if None in fit else round(sum(fit), 1)}
-            for baseline, others in ((DPO, dpo), (SFT, [SFT] * len(seeds))):
-                per_seed = [pair_scores.get((name, other)) for name, other in zip(names, others)]
-                row[f"vs_{baseline}"] = None if arm == baseline or None in per_seed else compare_over_seeds(
-                    per_seed, null=0.5, versus=baseline.upper(), bounds=(0.0, 1.0), confidence=confidence)
-            row["score"] = row["accuracy_vs_dpo"] = None
-            if answers is not None:
-                row["score"] = over_seeds([sum(answers[n]) / len(answers[n]) for n in names], confidence)
-                if arm != DPO and DPO in self.arms:
-                    differences = [[a - b for a, b in zip(answers[n], answers[d])] for n, d in zip(names, dpo)]
-                    # Scores in [0, 1] (right/wrong answers) differ by at most 1; a reward model's are unbounded.
-                    bounded = all(0.0 <= v <= 1.0 for n in names + dpo for v in answers[n])
-                    row["accuracy_vs_dpo"] = compare_over_seeds(differences, null=0.0, versus="DPO",
-                                                                bounds=(-1.0, 1.0) if bounded else None,
-                                                                confidence=confidence)
-            models = implicit.get("models", {})
-            row["implicit"] = None if not implicit_layers or any(n not in models for n in names) else [
-                {"layer": layer, **over_seeds([models[n]["accuracy"][i] for n in names], confidence, (0.0, 1.0))}
-                for i, layer in enumerate(implicit_layers)]
-            at = {entry["layer"]: entry["mean"] for entry in row["implicit"] or []}
-            row["implicit_final"] = at.get(L)
-            row["implicit_trained_layers"] = [at.get(layer) for layer in layers]
-            rows.append(row)
-        scores = {m["name"]: m.get("score") for m in results["models"]}
-        return {"num_layers": L, "base_model": self.base_model, "judge": results["judge"], "seeds": seeds,
-                "prompts": results["prompts"], "generation": results["generation"], "confidence": confidence,
-                "ci_method": f"Student-t over the {len(seeds)} seeds' values (each the mean over prompts); "
-                             f"two-level bootstrap (seeds, then prompts; {BOOTSTRAP_RESAMPLES} resamples, seed 0) "
-                             f"as a cross-check",
-                "sft_score": scores.get(SFT), "rows": rows, "implicit_layers": implicit_layers or None,
-                "evaluation": str(self.out / "eval" / "results.md")}
 
 
 def _run(spec: SweepSpec, *, train_only: bool, progress: bool) -> Optional[Dict[str, Any]]:

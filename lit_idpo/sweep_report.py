@@ -1,7 +1,7 @@
 """The sweep's report: the markdown table and the plot of win rates against layer position and K.
 
 Both read the summary that :meth:`lit_idpo.sweep.Sweep.summarize` (one run per setting) or
-:meth:`lit_idpo.sweep.Sweep.summarize_seeds` (a ``seeds`` list: intervals over training runs) writes to
+:func:`lit_idpo.sweep_seeds.summarize_seeds` (a ``seeds`` list: intervals over training runs) writes to
 ``sweep_results.json``.
 """
 
