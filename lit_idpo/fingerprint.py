@@ -113,10 +113,10 @@ def model_fingerprint(source: str, *, revision: Optional[str] = None, seed: int 
     ``memo_file`` (JSON) remembers file hashes between runs. Raises :class:`ModelSourceError` when
     the source cannot be found or holds no weight files.
     """
-    from lit_idpo.models import TINY_MODELS, load_model
+    from lit_idpo.models import TINY_MODELS
 
     if source in TINY_MODELS:
-        return "state-dict:" + state_dict_sha256(load_model(source, dtype="float32", seed=seed))
+        return _tiny_digest(source, seed)
     memo: Dict[str, dict] = read_json_or(memo_file, {}) if memo_file is not None else {}
     digest = _directory_digest(source, revision, memo, seed)
     if memo_file is not None:
@@ -137,16 +137,17 @@ def _directory_digest(source: str, revision: Optional[str], memo: Dict[str, dict
     if base is not None and not (directory / "merged" / "config.json").is_file():
         from lit_idpo.models import TINY_MODELS
 
-        base_digest = ("state-dict:" + state_dict_sha256(_tiny(base, seed)) if base in TINY_MODELS
+        base_digest = (_tiny_digest(base, seed) if base in TINY_MODELS
                        else _directory_digest(base, None, memo, seed))
         h.update(f"base={base_digest};".encode())
     return "sha256:" + h.hexdigest()
 
 
-def _tiny(name: str, seed: int):
+def _tiny_digest(name: str, seed: int) -> str:
+    """A random tiny model is identified by its seeded weights."""
     from lit_idpo.models import load_model
 
-    return load_model(name, dtype="float32", seed=seed)
+    return "state-dict:" + state_dict_sha256(load_model(name, dtype="float32", seed=seed))
 
 
 __all__ = ["MODEL_FILE_PATTERNS", "adapter_base", "file_sha256", "model_directory", "model_files",
