@@ -19,6 +19,12 @@ each ``L(.)`` being the batch mean of the per-pair loss. ``gamma = 1`` or ``K = 
 Default ``gamma = 0.5``: the final and the intermediate terms weigh the same. The paper (Kojima,
 2024) combines them as a weighted sum; its exact weight is not restated here, so the default is the
 neutral choice and the weight is a first-class option (the layer sweep varies it).
+
+The early-exit term (:func:`exit_nll`, ``model.exit_loss_weight = w``) adds a language-modelling loss on the
+chosen completions at the intermediate layers, so that layer k read through the shared head becomes a usable
+draft model (LayerSkip-style self-speculative decoding):
+
+    L_total = L + w * mean_k NLL_k,   NLL_k = -(sum of chosen-token log-probs at layer k) / (chosen tokens)
 """
 
 from __future__ import annotations
@@ -74,6 +80,29 @@ def sequence_logps_for_loss(sums: torch.Tensor, completion_lengths: torch.Tensor
     if loss_type == "ipo":
         return sums / completion_lengths.clamp(min=1)
     return sums
+
+
+def exit_nll(chosen_sums: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """Per-layer negative log-likelihood of the chosen completions, averaged over their tokens.
+
+    Token-mean over the whole batch, not a mean of per-sequence means: for each layer,
+    ``NLL = -(sum of the log-probs of every chosen completion token in the batch) / (number of those tokens)``,
+    so a long completion weighs by its length and the value does not depend on how the batch is packed.
+    The inputs are the per-sequence SUMS the DPO term already uses (no extra LM-head pass).
+
+    Args:
+        chosen_sums: ``[K, B]`` summed completion-token log-probs of the ``B`` chosen sequences at each of
+            ``K`` layers (un-averaged, whatever the loss type).
+        chosen_lengths: ``[B]`` completion tokens scored per chosen sequence.
+
+    Returns:
+        ``[K]``: the token-mean NLL per layer (0 for a batch without completion tokens).
+    """
+    if chosen_sums.dim() != 2 or chosen_lengths.shape != chosen_sums.shape[1:]:
+        raise ValueError(f"exit_nll: expected sums [K, B] and lengths [B], got {tuple(chosen_sums.shape)} and "
+                         f"{tuple(chosen_lengths.shape)}.")
+    tokens = chosen_lengths.sum().clamp(min=1).to(chosen_sums.dtype)
+    return -chosen_sums.sum(dim=1) / tokens  # [K]
 
 
 def intermediate_dpo_loss(

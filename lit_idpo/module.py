@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 from lightning.pytorch import LightningModule
@@ -26,7 +26,7 @@ from lit_idpo.data.packing import check_packable, is_packed, scoring_plan
 from lit_idpo.errors import ConfigError
 from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path, resolve_layers
 from lit_idpo.lora import LoraOptions, as_lora_options, wrap_lora
-from lit_idpo.losses import LOSS_TYPES, intermediate_dpo_loss, sequence_logps_for_loss
+from lit_idpo.losses import LOSS_TYPES, exit_nll, intermediate_dpo_loss, sequence_logps_for_loss
 from lit_idpo.models import load_model, load_tokenizer
 from lit_idpo.reference import AdapterDisabledReference, CachedReference, LiveReference, ReferenceLogprobs
 from lit_idpo.reference_cache import ReferenceCache
@@ -41,6 +41,8 @@ METRIC_NAMES = (
     "logps/chosen",
     "logps/rejected",
 )
+#: Logged for the intermediate layers only, and only with ``model.exit_loss_weight > 0``.
+EXIT_METRIC = "exit_nll"
 # The paper's best setting read layer 22 of a 32-block model; by default we take the same relative depth.
 PAPER_RELATIVE_LAYER = 22 / 32
 
@@ -60,7 +62,8 @@ def default_intermediate_layer(num_layers: int) -> int:
     return max(1, min(num_layers - 1, round(num_layers * PAPER_RELATIVE_LAYER)))
 
 
-def _check_options(beta: float, gamma: float, loss_type: str, label_smoothing: float, on_nonfinite_loss: str) -> None:
+def _check_options(beta: float, gamma: float, loss_type: str, label_smoothing: float, on_nonfinite_loss: str,
+                   exit_loss_weight: float) -> None:
     if loss_type not in LOSS_TYPES:
         raise ConfigError(f"model.loss_type={loss_type!r} is unknown; choose one of {LOSS_TYPES}.")
     if on_nonfinite_loss not in ("error", "skip"):
@@ -74,6 +77,10 @@ def _check_options(beta: float, gamma: float, loss_type: str, label_smoothing: f
     if label_smoothing and loss_type not in ("sigmoid", "robust"):
         raise ConfigError(f"model.label_smoothing applies to model.loss_type 'sigmoid' or 'robust', not {loss_type!r}; "
                           f"set it to 0.")
+    if (not isinstance(exit_loss_weight, (int, float)) or isinstance(exit_loss_weight, bool)
+            or not math.isfinite(exit_loss_weight) or exit_loss_weight < 0):
+        raise ConfigError(f"model.exit_loss_weight={exit_loss_weight!r} must be a finite number >= 0: set it to 0 "
+                          f"(off) or to a positive weight for the intermediate layers' early-exit loss.")
 
 
 class IntermediateDPO(LightningModule):
@@ -82,7 +89,8 @@ class IntermediateDPO(LightningModule):
     The policy is trained; the reference only scores, through one :class:`~lit_idpo.reference.ReferenceLogprobs`
     chosen at construction: a frozen copy of the model, the LoRA policy with its adapters disabled, or the
     reference cache. Both networks run with dropout off.
-    Loss: ``gamma * L_DPO(final) + (1 - gamma) * mean_k L_DPO(layer k)``.
+    Loss: ``gamma * L_DPO(final) + (1 - gamma) * mean_k L_DPO(layer k)``, plus
+    ``exit_loss_weight * mean_k NLL(layer k)`` when that weight is set (:func:`lit_idpo.losses.exit_nll`).
 
     Args:
         model: policy source: a Hub id, a local model directory, a ``.gguf`` file,
@@ -97,6 +105,14 @@ class IntermediateDPO(LightningModule):
         loss_type: ``sigmoid`` (DPO), ``robust``, ``hinge`` or ``ipo`` (TRL's definitions; ``ipo`` uses
             length-averaged log-probs).
         label_smoothing: label-noise rate for ``sigmoid`` (conservative DPO) and ``robust``.
+        exit_loss_weight: weight ``w`` of an early-exit loss that trains each selected intermediate layer,
+            read through the shared final norm and LM head, as a draft model for self-speculative decoding
+            (see ``lit-idpo speculate``): the loss gains ``w * mean over the layers of model.layers`` (not the
+            final layer) of the negative log-likelihood of the CHOSEN completions, averaged over their tokens
+            (sum of the chosen completion tokens' log-probs over the batch, divided by their number; the
+            same in every ``data.packing`` mode). It reuses the log-probs of the DPO term: no extra LM-head
+            pass. Logged per layer as ``train/layer<k>/exit_nll`` and ``val/layer<k>/exit_nll``. ``0`` (the
+            default) is off and changes nothing; needs at least one layer in ``model.layers``.
         reference_model: reference source; ``null`` uses a fresh copy of ``model``.
         reference_cache: directory for cached reference log-probs, or ``null`` to run the reference in
             every step. When set, the reference scores every training and validation pair once before
@@ -137,6 +153,7 @@ class IntermediateDPO(LightningModule):
         gamma: float = 0.5,
         loss_type: str = "sigmoid",
         label_smoothing: float = 0.0,
+        exit_loss_weight: float = 0.0,
         reference_model: Optional[str] = None,
         reference_cache: Optional[str] = None,
         dtype: str = "float32",
@@ -153,7 +170,7 @@ class IntermediateDPO(LightningModule):
         init_seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_options(beta, gamma, loss_type, label_smoothing, on_nonfinite_loss)
+        _check_options(beta, gamma, loss_type, label_smoothing, on_nonfinite_loss, exit_loss_weight)
         lora = as_lora_options(lora)
         if lora is not None and reference_model is not None:
             raise ConfigError("model.reference_model cannot be combined with model.lora: with LoRA the reference is "
@@ -190,9 +207,18 @@ class IntermediateDPO(LightningModule):
             raise ConfigError(f"model.layers lists the final layer ({num_layers}); it is always included: remove it.")
         if len(set(intermediate)) != len(intermediate):
             raise ConfigError(f"model.layers={list(layers)} lists a layer twice; list each layer once.")
+        if exit_loss_weight > 0 and not intermediate:
+            raise ConfigError(f"model.exit_loss_weight={exit_loss_weight} trains intermediate layers as early exits, "
+                              f"but model.layers selects none: list one (e.g. [{default_intermediate_layer(num_layers)}"
+                              f"]) or set model.exit_loss_weight=0.")
         # Row 0 is the final layer; rows 1..K the intermediate ones (the loss's convention).
         self.layer_ids: List[int] = [num_layers] + intermediate
         self.layer_names: List[str] = ["final"] + [f"layer{layer}" for layer in intermediate]
+        #: Every logged (layer name, metric) pair: METRIC_NAMES at every layer, exit_nll at the intermediate ones.
+        self.metric_pairs: List[Tuple[str, str]] = [(layer, metric) for layer in self.layer_names
+                                                    for metric in METRIC_NAMES]
+        if exit_loss_weight > 0:
+            self.metric_pairs += [(layer, EXIT_METRIC) for layer in self.layer_names[1:]]
 
         #: The frozen reference copy, when one is loaded: never with LoRA; with a cache only while it is built.
         self.reference_network: Optional[nn.Module] = None
@@ -208,9 +234,7 @@ class IntermediateDPO(LightningModule):
         elif lora is None:
             self.reference_network = self._load_reference_network()
 
-        self.val_metrics = nn.ModuleDict(
-            {self._metric_key(layer, metric): MeanMetric() for layer in self.layer_names for metric in METRIC_NAMES}
-        )
+        self.val_metrics = nn.ModuleDict({self._metric_key(*pair): MeanMetric() for pair in self.metric_pairs})
         self.last_val_table: Optional[str] = None
         self.saved_model_dir: Optional[str] = None
         self._fsdp2_applied = False
@@ -257,26 +281,40 @@ class IntermediateDPO(LightningModule):
         ``batch`` may be of any packing mode (padded, ``padding_free``, ``prefix_shared``): the values are the same.
         ``split`` (``"train"`` or ``"val"``) names the split the batch's ``pair_index`` refers to; it is
         needed with ``reference_cache``, where reference log-probs are looked up instead of computed.
+        With ``exit_loss_weight > 0`` the metrics also hold ``exit_nll`` (``[K]``, intermediate layers only).
         """
         num_pairs = self.num_pairs(batch)
         lengths = scoring_plan(batch).lengths()  # [2B] scored tokens (the first token has no target)
         loss_type = self.hparams.loss_type
-        policy = sequence_logps_for_loss(self._sums(self.policy, batch), lengths, loss_type)  # [1+K, 2B]
+        sums = self._sums(self.policy, batch)  # [1+K, 2B]
+        policy = sequence_logps_for_loss(sums, lengths, loss_type)  # [1+K, 2B]
         reference = self.reference.sums(batch, split).to(policy.dtype)  # [1+K, 2B]
         reference = sequence_logps_for_loss(reference, lengths, loss_type)
-        return intermediate_dpo_loss(
+        loss, metrics = intermediate_dpo_loss(
             policy[:, :num_pairs], policy[:, num_pairs:], reference[:, :num_pairs], reference[:, num_pairs:],
             beta=self.hparams.beta, gamma=self.hparams.gamma, loss_type=loss_type,
             label_smoothing=self.hparams.label_smoothing,
         )
+        weight = self.hparams.exit_loss_weight
+        if weight > 0:
+            # The policy's own sums (never the reference's, never length-averaged): chosen columns, intermediate rows.
+            nll = exit_nll(sums[1:, :num_pairs], lengths[:num_pairs])  # [K]
+            loss = loss + weight * nll.mean()
+            metrics[EXIT_METRIC] = nll.detach()
+        return loss, metrics
+
+    def _per_layer(self, metrics: Dict[str, torch.Tensor]) -> Iterator[Tuple[str, str, torch.Tensor]]:
+        """``(layer name, metric, value)`` for every pair in :attr:`metric_pairs`, from compute_loss's metrics."""
+        for layer_name, metric in self.metric_pairs:
+            row = self.layer_names.index(layer_name)
+            yield layer_name, metric, metrics[metric][row - 1 if metric == EXIT_METRIC else row]
+
+    @staticmethod
+    def _log_name(stage: str, layer_name: str, metric: str) -> str:
+        return f"{stage}/{metric}" if layer_name == "final" else f"{stage}/{layer_name}/{metric}"
 
     def _named(self, stage: str, metrics: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        named = {}
-        for row, layer_name in enumerate(self.layer_names):
-            prefix = f"{stage}/" if layer_name == "final" else f"{stage}/{layer_name}/"
-            for metric in METRIC_NAMES:
-                named[prefix + metric] = metrics[metric][row]
-        return named
+        return {self._log_name(stage, layer, metric): value for layer, metric, value in self._per_layer(metrics)}
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
@@ -351,33 +389,37 @@ class IntermediateDPO(LightningModule):
     def validation_step(self, batch: Dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, metrics = self.compute_loss(batch, "val")
         batch_size = self.num_pairs(batch)
-        for row, layer_name in enumerate(self.layer_names):
-            for metric in METRIC_NAMES:
-                self.val_metrics[self._metric_key(layer_name, metric)].update(metrics[metric][row], weight=batch_size)
+        # exit_nll is a token mean: weighted by the batch's chosen tokens, the epoch value is the token mean too.
+        chosen_tokens = scoring_plan(batch).lengths()[:batch_size].sum() if EXIT_METRIC in metrics else None
+        for layer_name, metric, value in self._per_layer(metrics):
+            weight = chosen_tokens if metric == EXIT_METRIC else batch_size
+            self.val_metrics[self._metric_key(layer_name, metric)].update(value, weight=weight)
         self.log("val/loss_total", loss, batch_size=batch_size, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         values = {}
-        for layer_name in self.layer_names:
-            for metric in METRIC_NAMES:
-                meter = self.val_metrics[self._metric_key(layer_name, metric)]
-                values[(layer_name, metric)] = meter.compute()
-                meter.reset()
+        for pair in self.metric_pairs:
+            meter = self.val_metrics[self._metric_key(*pair)]
+            values[pair] = meter.compute()
+            meter.reset()
         for (layer_name, metric), value in values.items():
-            name = f"val/{metric}" if layer_name == "final" else f"val/{layer_name}/{metric}"
-            self.log(name, value)
+            self.log(self._log_name("val", layer_name, metric), value)
         self.last_val_table = self.format_table(values)
         if not self.trainer.sanity_checking:
             rank_zero_info(f"\nValidation metrics per layer (step {self.global_step}):\n{self.last_val_table}\n")
 
     def format_table(self, values: Dict[tuple, torch.Tensor]) -> str:
-        """A markdown table: one row per layer, TRL's metric names as columns."""
-        header = "| layer | " + " | ".join(METRIC_NAMES) + " |"
-        lines = [header, "|" + "---|" * (len(METRIC_NAMES) + 1)]
+        """A markdown table: one row per layer, TRL's metric names as columns (and exit_nll when it is trained)."""
+        columns = list(dict.fromkeys(metric for _, metric in self.metric_pairs))
+        header = "| layer | " + " | ".join(columns) + " |"
+        lines = [header, "|" + "---|" * (len(columns) + 1)]
         for layer_id, layer_name in zip(self.layer_ids, self.layer_names):
             label = f"final ({layer_id})" if layer_name == "final" else str(layer_id)
             cells = []
-            for metric in METRIC_NAMES:
+            for metric in columns:
+                if (layer_name, metric) not in values:  # exit_nll of the final layer: not an exit
+                    cells.append("-")
+                    continue
                 value = float(values[(layer_name, metric)])
                 cells.append("nan" if math.isnan(value) else f"{value:.4f}")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
