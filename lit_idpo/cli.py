@@ -27,7 +27,7 @@ from lit_idpo.errors import ConfigError, UserError
 
 __all__ = ["main", "run"]  # and IntermediateDPOCLI, deprecated here (see __getattr__)
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "evaluate", "sweep")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "evaluate", "sweep", "speculate")
 EXIT_USER_ERROR = 2  # what argparse / jsonargparse use for a usage error
 
 
@@ -61,6 +61,10 @@ def run(args: Optional[Sequence[str]] = None):
         from lit_idpo.sweep import main as sweep_main
 
         return sweep_main(argv[1:])
+    if argv and argv[0] == "speculate":  # early-exit speculative decoding (lit_idpo.speculate)
+        from lit_idpo.speculate import main as speculate_main
+
+        return speculate_main(argv[1:])
     from lit_idpo.fit import run_fit
 
     return run_fit(args)
