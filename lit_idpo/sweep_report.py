@@ -73,8 +73,30 @@ def format_seeds_markdown(summary: Mapping[str, Any]) -> str:
         lines.append(_head(r) + f"{_seed_cell(vs_dpo)} | {vs_dpo['verdict'] if vs_dpo else '-'} | "
                      f"{_seed_cell(r['vs_sft'])} | {own} | {_seed_cell(acc, signed=True) if is_rule else '-'} | "
                      f"{acc['verdict'] if acc and is_rule else '-'} | " + _tail(r))
+    lines += _implicit_table(summary)
     lines += ["", f"CI method: {summary['ci_method']}."]
     return "\n".join(lines)
+
+
+def _implicit_table(summary: Mapping[str, Any]) -> List[str]:
+    # Implicit-reward accuracy minus the same seed's DPO's, at each arm's trained layers and at the final layer.
+    L = summary["num_layers"]
+    rows = [r for r in summary["rows"] if r.get("implicit_vs_dpo")]
+    if not rows:
+        return []
+    lines = ["", f"Implicit-reward accuracy minus the same seed's DPO's (points), on the same held-out pairs, at each "
+                 f"run's trained layers and the final layer ({L}); the interval is over training runs, the bootstrap "
+                 f"resamples seeds, then pairs.", "",
+             "| run | layer | implicit acc. (%) | minus DPO's (points) | verdict |", "|---|---:|---|---|---|"]
+    for r in rows:
+        own = {e["layer"]: e for e in r.get("implicit") or []}
+        diff = {e["layer"]: e for e in r["implicit_vs_dpo"]}
+        for layer in dict.fromkeys(r["layers"] + [L]):
+            if layer in diff:
+                name = f"{layer} (final)" if layer == L else str(layer)
+                lines.append(f"| {r['name']} | {name} | {_seed_cell(own.get(layer))} | "
+                             f"{_seed_cell(diff[layer], signed=True)} | {diff[layer]['verdict']} |")
+    return lines
 
 
 def format_sweep_markdown(summary: Mapping[str, Any]) -> str:
@@ -115,11 +137,57 @@ def _centre(p: Mapping[str, Any]) -> float:
     return p["win_rate"] if "win_rate" in p else p["mean"]
 
 
+COLOURS = {DPO: "tab:blue", SFT: "tab:orange"}
+
+
+def _draw(ax, x: float, p: Optional[Mapping[str, Any]], colour: str, marker: str, label: Optional[str] = None,
+          scale: float = 100.0) -> None:
+    # One comparison at x: its centre with the interval as an error bar, and (over seeds) each seed's value.
+    if p is None:
+        return
+    y = scale * _centre(p)
+    err = None if p["ci_low"] is None else [[y - scale * p["ci_low"]], [scale * p["ci_high"] - y]]
+    ax.errorbar([x], [y], yerr=err, fmt=marker, color=colour, capsize=4, label=label)
+    if "per_seed" in p:
+        ax.scatter([x] * len(p["per_seed"]), [scale * v for v in p["per_seed"]], s=10, color=colour, alpha=0.45,
+                   marker=marker, linewidths=0)
+
+
+def _seed_panels(axes, summary: Mapping[str, Any], rows: List[Mapping[str, Any]], markers: Mapping[float, str]) -> None:
+    # Over seeds, one x position per arm: win rate vs DPO, answer accuracy minus DPO's, implicit-reward accuracy
+    # minus DPO's at the arm's trained layers; each with its per-seed values and the mean with its interval.
+    is_rule = summary["judge"]["name"] == "rule"
+    win, acc, imp = axes
+    for j, r in enumerate(rows):
+        marker = markers[r["gamma"]]
+        _draw(win, j, r["vs_dpo"], COLOURS[DPO], marker)
+        _draw(acc, j, r["accuracy_vs_dpo"], COLOURS[DPO], marker, scale=100.0 if is_rule else 1.0)
+        at = {e["layer"]: e for e in r.get("implicit_vs_dpo") or []}
+        trained = [layer for layer in r["layers"] if layer in at]
+        for t, layer in enumerate(trained):
+            x = j + (t - (len(trained) - 1) / 2) * 0.3
+            _draw(imp, x, at[layer], COLOURS[DPO], marker)
+            imp.annotate(f"L{layer}", (x, 0), xycoords=("data", "axes fraction"), xytext=(0, 3),
+                         textcoords="offset points", ha="center", fontsize=7, color="dimgrey")
+    win.axhline(50, color="black", linewidth=0.8)
+    conf = round(100 * summary["confidence"])
+    win.set_ylabel(f"win rate vs DPO (%), {conf} % interval over seeds")
+    acc.set_ylabel(("answer accuracy" if is_rule else "score") + " minus DPO's" + (" (points)" if is_rule else ""))
+    imp.set_ylabel("implicit-reward acc. minus DPO's (points)\nat the trained layers")
+    for ax in axes:
+        if ax is not win:
+            ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(rows) - 0.4)
+        ax.grid(alpha=0.3)
+
+
 def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
     """PNG: win rate (with interval) against layer position (K = 1 runs) and against K, versus DPO and SFT.
 
-    Over seeds, each comparison is drawn as its per-seed win rates (small points) and the mean over seeds with
-    the interval over training runs."""
+    Over seeds, each comparison is drawn as its per-seed values (small points) and the mean over seeds with the
+    interval over training runs, and a second row gives, per setting, the win rate against DPO, the answer-accuracy
+    difference to DPO and the implicit-reward-accuracy difference to DPO at the setting's trained layers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,20 +197,15 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
     rows = [r for r in summary["rows"] if r["name"] != DPO]
     dpo = next((r for r in summary["rows"] if r["name"] == DPO), None)
     L = summary["num_layers"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    colours = {DPO: "tab:blue", SFT: "tab:orange"}
+    seeded = bool(summary.get("seeds"))
+    if seeded:
+        fig = plt.figure(figsize=(13, 10))
+        panels = fig.subplot_mosaic([["layer"] * 3 + ["k"] * 3, ["win"] * 2 + ["acc"] * 2 + ["imp"] * 2])
+        axes = [panels["layer"], panels["k"]]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     gammas = sorted({r["gamma"] for r in rows})
     markers = dict(zip(gammas, "osD^v<>"))
-
-    def draw(ax, x, p, baseline, marker, label):
-        if p is None:
-            return
-        y = 100 * _centre(p)
-        err = None if p["ci_low"] is None else [[y - 100 * p["ci_low"]], [100 * p["ci_high"] - y]]
-        ax.errorbar([x], [y], yerr=err, fmt=marker, color=colours[baseline], capsize=4, label=label)
-        if "per_seed" in p:
-            ax.scatter([x] * len(p["per_seed"]), [100 * v for v in p["per_seed"]], s=10, color=colours[baseline],
-                       alpha=0.45, marker=marker, linewidths=0)
 
     seen = set()
     ax = axes[0]
@@ -151,7 +214,7 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
             continue
         for baseline, dx in ((DPO, -0.15), (SFT, 0.15)):
             label = f"vs {baseline.upper()} (gamma {r['gamma']:g})"
-            draw(ax, r["layers"][0] + dx, r[f"vs_{baseline}"], baseline, markers[r["gamma"]],
+            _draw(ax, r["layers"][0] + dx, r[f"vs_{baseline}"], COLOURS[baseline], markers[r["gamma"]],
                  None if label in seen else label)
             seen.add(label)
     ax.set_xlabel(f"intermediate layer (of {L}; K = 1 runs)")
@@ -173,7 +236,7 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
             centre = k + (j - (len(group) - 1) / 2) * width
             for baseline, dx in ((DPO, -0.06), (SFT, 0.06)):
                 label = f"vs {baseline.upper()} (gamma {r['gamma']:g})"
-                draw(ax, centre + dx, r[f"vs_{baseline}"], baseline, markers[r["gamma"]],
+                _draw(ax, centre + dx, r[f"vs_{baseline}"], COLOURS[baseline], markers[r["gamma"]],
                      None if label in seen else label)
                 seen.add(label)
             ax.annotate("L" + "+".join(map(str, r["layers"])), (centre, 0), xycoords=("data", "axes fraction"),
@@ -185,13 +248,15 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
     for ax in axes:
         ax.axhline(50, color="black", linewidth=0.8)
         if dpo is not None and dpo.get("vs_sft"):
-            ax.axhline(100 * _centre(dpo["vs_sft"]), color=colours[SFT], linestyle="--", linewidth=0.8,
+            ax.axhline(100 * _centre(dpo["vs_sft"]), color=COLOURS[SFT], linestyle="--", linewidth=0.8,
                        label="DPO vs SFT")
         ax.set_ylabel(f"win rate (%) with {round(100 * summary['confidence'])} % interval")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         if handles:  # below the axes: inside, "best" can still cover the run labels along the bottom
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(handles)))
+    if seeded:
+        _seed_panels([panels["win"], panels["acc"], panels["imp"]], summary, rows, markers)
     judge = summary["judge"]["name"]
     fig.suptitle(f"Intermediate DPO vs DPO and vs SFT: {summary['base_model']}, judge {judge}, "
                  f"{summary['prompts']['prompts']} prompts" + (

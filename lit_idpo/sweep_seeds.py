@@ -4,7 +4,10 @@ With ``seeds`` in a sweep file every arm (setting or baseline) is trained once p
 ``runs/<arm>/seed<k>/`` (key ``<arm>/seed<k>``, model ``<arm>@seed<k>`` in the evaluation). The summary
 gives, per arm and comparison, the mean over seeds, a Student-t interval over the seeds' values (the
 interval over training runs), a two-level bootstrap (seeds, then prompts) as a cross-check, the per-seed
-values and a verdict in words (:mod:`lit_idpo.evaluation.statistics`).
+values and a verdict in words (:mod:`lit_idpo.evaluation.statistics`). The comparisons with DPO are paired by
+seed: the win rate against the same seed's DPO, and the differences to it of answer accuracy
+(``accuracy_vs_dpo``) and of implicit-reward accuracy per layer (``implicit_vs_dpo``, from the evaluation's
+per-pair correctness), each over the same prompts or pairs.
 """
 
 from __future__ import annotations
@@ -56,6 +59,32 @@ def answer_scores(eval_dir: Path, results: Mapping[str, Any]) -> Optional[Dict[s
         out[m["name"]] = [json.loads(line)["score"] for line in path.read_text().splitlines()]
     return out
 
+def implicit_vs_dpo(implicit: Mapping[str, Any], names: List[str], dpo: List[str],
+                    confidence: float) -> Optional[List[Dict[str, Any]]]:
+    """Per layer, an arm's implicit-reward accuracy minus the same seed's DPO's, over seeds.
+
+    ``names[k]`` and ``dpo[k]`` are seed k's models in the evaluation's ``implicit_reward``. Each seed's value is
+    the mean over held-out pairs of the paired difference of 0/1 correctness (-1, 0 or 1 per pair), so it is
+    that seed's accuracy difference; :func:`compare_over_seeds` gives the mean over seeds, the Student-t interval
+    over training runs, the two-level bootstrap (seeds, then pairs) and the verdict. None when a model is missing
+    or the evaluation recorded no per-pair correctness.
+    """
+    from lit_idpo.evaluation.implicit import pair_correctness  # torch-free, but its module loads torch
+
+    models = implicit.get("models", {})
+    if not implicit.get("layers") or any(n not in models for n in names + dpo):
+        return None
+    correct = {n: pair_correctness(models[n]) for n in names + dpo}
+    if any(c is None for c in correct.values()):
+        return None
+    out = []
+    for i, layer in enumerate(implicit["layers"]):
+        differences = [[a - b for a, b in zip(correct[n][i], correct[d][i])] for n, d in zip(names, dpo)]
+        out.append({"layer": layer, **compare_over_seeds(differences, null=0.0, versus="DPO", bounds=(-1.0, 1.0),
+                                                         confidence=confidence)})
+    return out
+
+
 def summarize_seeds(sweep, results: Mapping[str, Any]) -> Dict[str, Any]:
     """One row per arm with, per comparison, the mean over seeds, the interval over training runs (Student-t
     over the seeds' values), the two-level bootstrap, ``per_seed`` and a verdict."""
@@ -93,6 +122,7 @@ def summarize_seeds(sweep, results: Mapping[str, Any]) -> Dict[str, Any]:
         row["implicit"] = None if not implicit_layers or any(n not in models for n in names) else [
             {"layer": layer, **over_seeds([models[n]["accuracy"][i] for n in names], confidence, (0.0, 1.0))}
             for i, layer in enumerate(implicit_layers)]
+        row["implicit_vs_dpo"] = None if arm == DPO else implicit_vs_dpo(implicit, names, dpo, confidence)
         at = {entry["layer"]: entry["mean"] for entry in row["implicit"] or []}
         row["implicit_final"] = at.get(L)
         row["implicit_trained_layers"] = [at.get(layer) for layer in layers]

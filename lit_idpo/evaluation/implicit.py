@@ -2,12 +2,13 @@
 
 No generation: for each trained model, the fraction of held-out pairs whose implicit reward
 ``beta * (log pi - log ref)`` is strictly higher for ``chosen`` than for ``rejected``, read at each
-requested layer (TRL's ``rewards/accuracies``), with the mean reward margin.
+requested layer (TRL's ``rewards/accuracies``), with the mean reward margin and, per pair, whether it was
+right (so that two models' accuracies can be compared pair by pair, e.g. over training seeds).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from lit_idpo.errors import ConfigError, DataError
 from lit_idpo.evaluation._util import progress_bar
@@ -38,7 +39,10 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
     a pair counts as correct when chosen's reward is strictly greater than rejected's. Pairs are
     tokenised with the reference's tokenizer exactly as for training. Models whose source is the
     reference itself are skipped. Returns ``{"layers": [...], "pairs": n, "data": stats,
-    "models": {name: {"accuracy": [...], "margin": [...]}}}`` (lists aligned with ``layers``).
+    "models": {name: {"accuracy": [...], "margin": [...], "correct": [...]}}}`` (lists aligned with
+    ``layers``); ``correct`` holds one string per layer with one character per pair in data order, ``"1"``
+    where that pair counts as correct and ``"0"`` where not (:func:`pair_correctness` reads it back as
+    0/1 lists). A string keeps ``results.json`` compact: 200 pairs are 200 characters per layer.
     """
     import torch
 
@@ -88,6 +92,15 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
         pol_c, pol_r = logps(model, f"implicit reward: {spec.name}")
         del model
         margin = options.beta * ((pol_c - ref_c) - (pol_r - ref_r))  # [layers, N]
-        result["models"][spec.name] = {"accuracy": (margin > 0).double().mean(1).tolist(),
-                                       "margin": margin.mean(1).tolist()}
+        correct = margin > 0
+        result["models"][spec.name] = {"accuracy": correct.double().mean(1).tolist(),
+                                       "margin": margin.mean(1).tolist(),
+                                       "correct": ["".join("1" if c else "0" for c in row) for row in correct.tolist()]}
     return result
+
+
+def pair_correctness(model: Mapping[str, Any]) -> Optional[List[List[int]]]:
+    """One model's per-pair correctness from :func:`implicit_reward_accuracy`'s ``models`` entry: per layer, a 0/1
+    list in pair order; None for results written before ``correct`` was recorded."""
+    correct = model.get("correct")
+    return None if correct is None else [[int(c) for c in layer] for layer in correct]
