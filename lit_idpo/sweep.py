@@ -22,6 +22,7 @@ prints every option with its default, ``--help`` describes them, :mod:`lit_idpo.
       implicit: {layers: auto}           # null: no implicit-reward accuracy
       confidence: 0.95
     seeds: [0, 1, 2]                     # optional: train every setting and DPO once per seed (see below)
+    accelerator: gpu                     # optional: cpu | gpu | auto, for the trainings and the evaluation
 
 What happens (``lit-idpo sweep --config FILE``):
 
@@ -50,13 +51,21 @@ and ``data.seed`` (the order of the training pairs), the same for every arm, so 
 are paired; ``model.init_seed`` (which tiny random model is the starting point) is not a training seed
 and stays. Each arm-seed is judged against the same seed's DPO and against the untrained SFT model
 (generated once). Per arm and comparison (win rate vs DPO, vs SFT, answer-score difference to DPO
-when the judge scores answers, and the implicit-reward accuracy per layer) ``sweep_results.json``
+when the judge scores answers ``accuracy_vs_dpo``, the implicit-reward accuracy per layer ``implicit``
+and its paired difference to the same seed's DPO per layer ``implicit_vs_dpo``) ``sweep_results.json``
 gives ``per_seed`` (each the usual mean over prompts), their ``mean``, the 95 % Student-t interval over
 the seeds (``ci_low``/``ci_high``: the variation between training runs), a two-level bootstrap
 (resample seeds, then prompts; ``bootstrap_low``/``bootstrap_high``) as a cross-check, and a
 ``verdict`` from the t-interval ("better than DPO", "worse than DPO", "no detectable difference";
 one seed: no interval). The table shows them; the plot shows each per-seed value and the mean with
 its interval.
+
+The GPU switch: ``accelerator: gpu`` (or ``cpu``, or ``auto``: a GPU when there is one) sets both the
+trainings' ``trainer.accelerator`` (written to ``fit_overrides.yaml``, which every child fit reads, so it
+is part of each run's configuration hash: switching it retrains) and the evaluation's
+``generation.device`` (``cuda``/``cpu``/``auto``; generation and implicit reward run there). Left out,
+the fit config's ``trainer.accelerator`` and ``evaluate.generation.device`` (default ``auto``) apply.
+Cached generations are reused across devices (the device is not part of their key).
 """
 
 from __future__ import annotations

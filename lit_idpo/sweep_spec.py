@@ -8,6 +8,7 @@ and the fix.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import os
@@ -126,6 +127,9 @@ class SweepConfig:
             ``seed_everything`` and ``data.seed`` (the order of the training pairs), the same for every arm,
             and the report gives intervals over the training runs. null: one run per setting with the fit
             config's seeds.
+        accelerator: where trainings and evaluation run: ``cpu``, ``gpu`` (CUDA) or ``auto`` (a GPU when there is
+            one); sets the fit's ``trainer.accelerator`` and the evaluation's ``generation.device`` (``cpu``,
+            ``cuda``, ``auto``). null: as the fit config and ``evaluate.generation.device`` say.
     """
 
     output_dir: Optional[str] = None
@@ -136,6 +140,7 @@ class SweepConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     evaluate: SweepEvaluateConfig = field(default_factory=SweepEvaluateConfig)
     seeds: Optional[List[int]] = None
+    accelerator: Optional[str] = None
 
 
 @dataclass
@@ -264,7 +269,7 @@ def _build_config(cfg: Namespace) -> SweepConfig:
             data=_plain(ev.data), generation=GenerationOptions(**_plain(ev.generation)), judge=_plain(ev.judge),
             implicit=None if ev.implicit is None else ImplicitOptions(**_plain(ev.implicit)),
             confidence=ev.confidence),
-        seeds=_plain(cfg.get("seeds")))
+        seeds=_plain(cfg.get("seeds")), accelerator=cfg.get("accelerator"))
 
 
 def _check_seeds(where: str, seeds: Any, settings: Sequence[Setting]) -> Optional[List[int]]:
@@ -284,6 +289,29 @@ def _check_seeds(where: str, seeds: Any, settings: Sequence[Setting]) -> Optiona
             raise ConfigError(f"{where}: setting {s.name!r} overrides {owned}, which seeds sets for every run; "
                               f"remove them from its overrides (or leave seeds out)")
     return [int(s) for s in seeds]
+
+
+# The sweep's accelerator switch -> (the fit's trainer.accelerator, the evaluation's generation.device).
+ACCELERATORS = {"cpu": ("cpu", "cpu"), "gpu": ("gpu", "cuda"), "auto": ("auto", "auto")}
+
+
+def _apply_accelerator(where: str, accelerator: Optional[str], fit: Dict[str, Any],
+                       evaluate: SweepEvaluateConfig) -> tuple:
+    # One switch for both sides: trainings (the child fits' trainer.accelerator, through fit_overrides.yaml) and
+    # the evaluation in this process (generation and implicit reward run on generation.device).
+    if accelerator is None:
+        return fit, evaluate
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(f"{where}: accelerator={accelerator!r}; choose one of {', '.join(ACCELERATORS)} (or leave "
+                          f"it out: the fit config's trainer.accelerator and evaluate.generation.device)")
+    trainer, device = ACCELERATORS[accelerator]
+    given = (fit.get("trainer") or {}).get("accelerator")
+    if given is not None and given != trainer:
+        raise ConfigError(f"{where}: accelerator={accelerator!r} and fit.trainer.accelerator={given!r} disagree; "
+                          f"keep one of them")
+    fit = {**fit, "trainer": {**(fit.get("trainer") or {}), "accelerator": trainer}}
+    generation = dataclasses.replace(evaluate.generation, device=device)
+    return fit, dataclasses.replace(evaluate, generation=generation)
 
 
 def spec_from_config(cfg, sweep_file: Optional[Path] = None) -> SweepSpec:
@@ -316,7 +344,8 @@ def spec_from_config(cfg, sweep_file: Optional[Path] = None) -> SweepSpec:
     if not config.output_dir:
         raise ConfigError(f"{where}: give output_dir (in the file or with --output_dir)")
     seeds = _check_seeds(where, config.seeds, settings)
-    return SweepSpec(path=sweep_file, output_dir=Path(config.output_dir), base_config=base_path, fit=dict(config.fit),
+    fit, evaluate = _apply_accelerator(where, config.accelerator, dict(config.fit), evaluate)
+    return SweepSpec(path=sweep_file, output_dir=Path(config.output_dir), base_config=base_path, fit=fit,
                      settings=settings, baselines={DPO: config.baselines.dpo, SFT: config.baselines.sft},
                      evaluate=evaluate, seeds=seeds)
 

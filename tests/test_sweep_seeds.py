@@ -12,7 +12,11 @@ import yaml
 
 from lit_idpo import sweep as sw
 from lit_idpo.errors import ConfigError
-from lit_idpo.evaluation.statistics import bootstrap_interval, over_seeds, two_level_bootstrap
+from lit_idpo.evaluation.implicit import pair_correctness
+from lit_idpo.evaluation.statistics import bootstrap_interval, over_seeds, t_quantile, two_level_bootstrap
+from lit_idpo.sweep_report import format_seeds_markdown, plot_sweep
+from lit_idpo.sweep_seeds import summarize_seeds
+from lit_idpo.sweep_spec import Setting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SEEDS = ROOT / "configs" / "sweeps" / "tiny_seeds.yaml"
@@ -207,9 +211,26 @@ def test_tiny_sweep_over_two_seeds_end_to_end_resumes(tmp_path, monkeypatch):
         assert len(accuracy["per_seed"]) == 2 and accuracy["verdict"]
         assert [e["layer"] for e in rows[name]["implicit"]] == [1, 2, 3, 4]
         assert all(len(e["per_seed"]) == 2 for e in rows[name]["implicit"])
-    assert len(rows["dpo"]["vs_sft"]["per_seed"]) == 2
+        # The implicit-reward accuracy's paired difference to the same seed's DPO, per layer.
+        implicit = evaluation["implicit_reward"]["models"]
+        assert [e["layer"] for e in rows[name]["implicit_vs_dpo"]] == [1, 2, 3, 4]
+        for i, entry in enumerate(rows[name]["implicit_vs_dpo"]):
+            assert entry["per_seed"] == pytest.approx([implicit[f"{name}@seed{k}"]["accuracy"][i]
+                                                       - implicit[f"dpo@seed{k}"]["accuracy"][i] for k in (0, 1)])
+            assert entry["prompts"] == [evaluation["implicit_reward"]["pairs"]] * 2 and entry["verdict"]
+        for model in implicit.values():  # the per-pair record agrees with the accuracy
+            assert [statistics.fmean(c) for c in pair_correctness(model)] == pytest.approx(model["accuracy"])
+        # Every comparison carries mean, interval and per-seed values; the mean is the per-seed values' mean.
+        for c in [rows[name][k] for k in ("vs_dpo", "vs_sft", "score", "accuracy_vs_dpo")] + \
+                rows[name]["implicit"] + rows[name]["implicit_vs_dpo"]:
+            assert {"mean", "ci_low", "ci_high", "per_seed"} <= set(c) and len(c["per_seed"]) == 2
+            assert c["mean"] == pytest.approx(statistics.fmean(c["per_seed"])) and c["ci_low"] <= c["ci_high"]
+    assert len(rows["dpo"]["vs_sft"]["per_seed"]) == 2 and rows["dpo"]["implicit_vs_dpo"] is None
     table = (out / "sweep_results.md").read_text()
     assert "| L1+3-g0.25 | 1,3 | 2 | 0.25 |" in table and "seeds: " in table and "interval over training runs" in table
+    assert "Implicit-reward accuracy minus the same seed's DPO's" in table
+    assert [line.split(" | ")[:2] for line in table.splitlines() if line.startswith("| L1+3-g0.25 | ")][1:] == [
+        ["| L1+3-g0.25", "1"], ["| L1+3-g0.25", "3"], ["| L1+3-g0.25", "4 (final)"]]
     png = (out / "sweep_plot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -224,3 +245,131 @@ def test_unbounded_scores_are_not_clipped():
     half = math.tan(math.pi * 0.475) * statistics.stdev([2.5, -0.5]) / math.sqrt(2)
     assert got["ci_low"] == pytest.approx(1.0 - half, abs=1e-9) and got["ci_high"] == pytest.approx(1.0 + half)
     assert got["verdict"] == "no detectable difference"
+
+
+# ---------------------------------------------------------------- implicit-reward accuracy minus DPO's, by hand
+# Three seeds, four held-out pairs, two layers (the last is final); per pair "1": the implicit reward prefers chosen.
+CORRECT = {  # model: (layer 1, layer 2)
+    "L1@seed0": ("1100", "1111"), "dpo@seed0": ("1000", "1100"),   # differences: 1/4 at layer 1, 2/4 at layer 2
+    "L1@seed1": ("1110", "1011"), "dpo@seed1": ("1000", "0001"),   # 2/4, 2/4
+    "L1@seed2": ("0101", "1110"), "dpo@seed2": ("0101", "0000"),   # 0, 3/4
+}
+
+
+def _seeded_summary(tmp_path, correct=True):
+    from types import SimpleNamespace
+
+    (tmp_path / "eval").mkdir(exist_ok=True)
+    (tmp_path / "eval" / "judgments.jsonl").write_text("")  # no judged pairs: only the implicit reward is compared
+    models = {name: {"accuracy": [statistics.fmean(map(int, layer)) for layer in layers], "margin": [0.0, 0.0],
+                     **({"correct": list(layers)} if correct else {})} for name, layers in CORRECT.items()}
+    sweep = SimpleNamespace(num_layers=lambda: 2, spec=SimpleNamespace(seeds=[0, 1, 2]), out=tmp_path,
+                            arms={"dpo": Setting("dpo", [], 1.0), "L1": Setting("L1", [1], 0.5)},
+                            manifest={"settings": {}}, base=SimpleNamespace(model=SimpleNamespace(gamma=0.5)),
+                            base_model="tiny")
+    results = {"confidence": 0.95, "judge": {"name": "rule"}, "generation": {},
+               "prompts": {"prompts": 4, "split": "test", "source": "x"},
+               "models": [{"name": n, "score": None} for n in CORRECT],
+               "implicit_reward": {"layers": [1, 2], "num_layers": 2, "pairs": 4, "models": models}}
+    return summarize_seeds(sweep, results)
+
+
+def test_implicit_accuracy_minus_dpos_over_seeds_by_hand(tmp_path):
+    summary = _seeded_summary(tmp_path)
+    rows = {r["name"]: r for r in summary["rows"]}
+    assert rows["dpo"]["implicit_vs_dpo"] is None
+    layer1, layer2 = rows["L1"]["implicit_vs_dpo"]
+    # t_{0.975, 2} in closed form: (2q - 1) * sqrt(2 / (4 q (1 - q))) = 4.3027
+    t = (2 * 0.975 - 1) * math.sqrt(2 / (4 * 0.975 * 0.025))
+    assert t_quantile(0.975, 2) == pytest.approx(t, abs=1e-9)
+    # Layer 1: per seed 0.25, 0.5, 0 -> mean 0.25, squared deviations 0 + 0.0625 + 0.0625, s^2 = 0.0625.
+    assert layer1["layer"] == 1 and layer1["per_seed"] == [0.25, 0.5, 0.0]
+    assert layer1["mean"] == pytest.approx(0.25, abs=1e-12)
+    half = t * 0.25 / math.sqrt(3)  # 0.6211
+    assert layer1["ci_low"] == pytest.approx(0.25 - half, abs=1e-9)
+    assert layer1["ci_high"] == pytest.approx(0.25 + half, abs=1e-9)
+    assert layer1["verdict"] == "no detectable difference"
+    # Layer 2: per seed 0.5, 0.5, 0.75 -> mean 7/12, squared deviations (1 + 1 + 4) / 144, s^2 = 3 / 144.
+    assert layer2["per_seed"] == [0.5, 0.5, 0.75] and layer2["mean"] == pytest.approx(7 / 12, abs=1e-12)
+    half = t * math.sqrt(3 / 144) / math.sqrt(3)  # 0.3586: the interval [0.2247, 0.9420] excludes 0
+    assert layer2["ci_low"] == pytest.approx(7 / 12 - half, abs=1e-9)
+    assert layer2["ci_high"] == pytest.approx(7 / 12 + half, abs=1e-9)
+    assert layer2["verdict"] == "better than DPO" and layer2["prompts"] == [4, 4, 4]
+    # The two-level bootstrap (seeds, then pairs) is the one of the per-pair differences.
+    differences = [[1 - 1, 1 - 1, 1 - 0, 1 - 0], [1 - 0, 0 - 0, 1 - 0, 1 - 1], [1 - 0, 1 - 0, 1 - 0, 0 - 0]]
+    boot = two_level_bootstrap(differences, resamples=2000, seed=0)
+    assert (layer2["bootstrap_low"], layer2["bootstrap_high"]) == (boot.low, boot.high)
+    assert -1.0 <= boot.low <= 7 / 12 <= boot.high <= 1.0
+    # The arm's own accuracy at each layer over seeds stays as it was.
+    assert rows["L1"]["implicit"][0]["per_seed"] == [0.5, 0.75, 0.5]
+    assert rows["L1"]["implicit_trained_layers"] == [pytest.approx(7 / 12)]
+
+
+def test_the_report_shows_the_implicit_difference_and_the_plot_its_panels(tmp_path):
+    summary = _seeded_summary(tmp_path)
+    table = format_seeds_markdown(summary)
+    lines = [line for line in table.splitlines() if line.startswith("| L1 | ")]
+    # the main row, then the implicit table's rows: the trained layer and the final one
+    assert lines[1].startswith("| L1 | 1 | 58.3 [") and "| +25.0 [-37.1, +87.1] (boot. [" in lines[1]
+    assert lines[1].endswith("seeds: +25.0, +50.0, +0.0 | no detectable difference |")
+    assert lines[2].startswith("| L1 | 2 (final) | ") and lines[2].endswith("| better than DPO |")
+    png = plot_sweep(summary, tmp_path / "plot.png").read_bytes()  # comparisons without judged pairs are left out
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_without_per_pair_correctness_there_is_no_implicit_difference(tmp_path):
+    # results.json written before per-pair correctness was recorded: the accuracies are summarised, no difference.
+    rows = {r["name"]: r for r in _seeded_summary(tmp_path, correct=False)["rows"]}
+    assert rows["L1"]["implicit_vs_dpo"] is None and rows["L1"]["implicit"][1]["per_seed"] == [1.0, 0.75, 0.75]
+    assert "Implicit-reward accuracy minus" not in format_seeds_markdown(_seeded_summary(tmp_path, correct=False))
+
+
+# ---------------------------------------------------------------- the accelerator switch
+@pytest.mark.parametrize("accelerator, trainer, device", [("gpu", "gpu", "cuda"), ("cpu", "cpu", "cpu"),
+                                                          ("auto", "auto", "auto")])
+def test_the_accelerator_switch_reaches_the_child_fits_and_the_evaluation(tmp_path, monkeypatch, accelerator, trainer,
+                                                                          device):
+    spec = sw.load_spec(_write(tmp_path, {**BASE, "output_dir": str(tmp_path / "out"), "seeds": [0],
+                                          "fit": {"trainer": {"max_steps": 2}}, "accelerator": accelerator}))
+    assert spec.fit == {"trainer": {"max_steps": 2, "accelerator": trainer}}
+    sweep = sw.Sweep(spec)
+    argv = sweep.fit_argv(sweep.runs["L1/seed0"])
+    configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
+    # The child reads fit_overrides.yaml after the base config (tiny.yaml says cpu): the switch wins.
+    assert yaml.safe_load(Path(configs[1]).read_text())["trainer"]["accelerator"] == trainer
+    assert sw._parse_fit_config(configs).trainer.accelerator == trainer
+
+    # The evaluation (generation and implicit reward) gets the device.
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_evaluate(models, out, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    ev = sw._evaluation()
+    monkeypatch.setattr(ev, "evaluate", fake_evaluate)
+    monkeypatch.setattr(sw.Sweep, "is_trained", lambda self, name: True)
+    monkeypatch.setattr(sw.Sweep, "num_layers", lambda self: 4)
+    with pytest.raises(Stop):
+        sweep.evaluate(progress=False)
+    assert seen["generation"].device == device
+
+
+def test_without_the_switch_the_fit_config_and_generation_device_apply(tmp_path):
+    spec = sw.load_spec(_write(tmp_path, {**BASE, "output_dir": str(tmp_path / "out"),
+                                          "evaluate": {"generation": {"device": "cpu"}}}))
+    assert spec.fit == {} and spec.evaluate.generation.device == "cpu"
+    assert sw._parse_fit_config(sw.Sweep(spec).common_configs).trainer.accelerator == "cpu"  # tiny.yaml's
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"accelerator": "tpu"}, r"accelerator='tpu'; choose one of cpu, gpu, auto"),
+    ({"accelerator": "gpu", "fit": {"trainer": {"accelerator": "cpu"}}},
+     r"accelerator='gpu' and fit.trainer.accelerator='cpu' disagree; keep one of them"),
+])
+def test_a_bad_accelerator_names_the_key_and_the_fix(tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        sw.load_spec(_write(tmp_path, {**BASE, **extra}))
