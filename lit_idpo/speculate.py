@@ -54,6 +54,9 @@ __all__ = ["SpeculateOptions", "OutputMismatchError", "DraftCounter", "speculate
 # SmolLM2), mistral and qwen3 share Llama's layout. GPT-2 loops over every block whatever the config says
 # (its early exit then indexes past its draft cache and fails), so it is refused.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# A top-2 logit gap below this is within the rounding of a forward in that dtype (a verifying forward over
+# several tokens sums in another order than one-token steps): a mismatch there is numerical, not a bug.
+_NEAR_TIE = {"float32": 1e-3, "bfloat16": 0.1, "float16": 0.02}
 _CHUNK_ROWS = 256  # head rows per matmul in the agreement: [256, V] logits at a time, never [T, V] per layer
 
 
@@ -320,24 +323,6 @@ class _DraftSettings:
         transformers.logging.set_verbosity(self.verbosity)
 
 
-def _mismatch(prompt: int, row: int, layer: int, plain: List[int], early: List[int], gap,
-              tokenizer) -> OutputMismatchError:
-    position = next((j for j, (a, b) in enumerate(zip(plain, early)) if a != b), min(len(plain), len(early)))
-    def word(tokens: List[int]) -> str:
-        return f"{tokens[position]} ({tokenizer.decode([tokens[position]])!r})" if position < len(tokens) else "the end"
-    near = ""
-    if position < len(gap):
-        value = float(gap[position])
-        near = (f"; the final layer's top-2 logit gap there is {value:.3g}"
-                + (", a near-tie: the verifying forward over several tokens sums in another order than one-token "
-                   "steps (float rounding), so this is numerical; float64 or another device may agree" if value < 1e-3
-                   else ", not a near-tie: this is a bug in the early-exit decoding"))
-    return OutputMismatchError(
-        f"speculate: early-exit decoding from layer {layer} is not identical to plain greedy decoding on prompt "
-        f"{prompt} (row index {row} of the split): first difference at new token {position}: plain greedy "
-        f"gave {word(plain)}, early exit gave {word(early)}{near}")
-
-
 def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Sequence[int]] = "auto",
               data: Optional[DataOptions] = None, options: Optional[SpeculateOptions] = None,
               progress: bool = True) -> Dict[str, Any]:
@@ -365,7 +350,7 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
     from lit_idpo.evaluation.prompts import load_prompts, render_prompt_ids
     from lit_idpo.logprobs import find_head_path
     from lit_idpo.models import load_tokenizer
-    from lit_idpo.speculate_report import write_reports
+    from lit_idpo.speculate_report import mismatch_message, write_reports
 
     started = time.perf_counter()
     data = data if data is not None else DataOptions()
@@ -419,8 +404,9 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
             final_vs_greedy += int((final_ids.cpu() != torch.tensor(plain)).sum())
             for method in methods[1:]:
                 if outputs[method] != plain:
-                    raise _mismatch(p, prompts[p].index, exit_layers[method], plain, outputs[method], gap.cpu(),
-                                    tokenizer)
+                    raise OutputMismatchError(mismatch_message(
+                        p, prompts[p].index, exit_layers[method], plain, outputs[method], gap.cpu().tolist(),
+                        tokenizer, near_tie=_NEAR_TIE[options.dtype]))
 
     baseline_tps = base_tokens / base_seconds if base_seconds > 0 else None
     per_layer = []

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from lit_idpo.storage import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-__all__ = ["format_markdown", "plot_png", "write_reports"]
+__all__ = ["format_markdown", "plot_png", "write_reports", "mismatch_message"]
 
 
 def _fmt(value: Optional[float], spec: str) -> str:
@@ -92,3 +92,24 @@ def write_reports(results: Dict[str, Any], output_dir: Path) -> None:
     atomic_write_json(output_dir / "speculate.json", results)
     atomic_write_text(output_dir / "speculate.md", format_markdown(results) + "\n")
     atomic_write_bytes(output_dir / "speculate.png", plot_png(results))
+
+
+def mismatch_message(prompt: int, row: int, layer: int, plain: List[int], early: List[int], gap: Sequence[float],
+                     tokenizer, *, near_tie: float) -> str:
+    """Why an early-exit output is not plain greedy decoding's: the prompt (its position in the run and row index
+    in the split), the first differing new token of each, and whether the final layer's top-2 logit gap there
+    (``gap``, per new token) is below ``near_tie`` (a numerical near-tie) or not (a bug)."""
+    position = next((j for j, (a, b) in enumerate(zip(plain, early)) if a != b), min(len(plain), len(early)))
+
+    def token(tokens: List[int]) -> str:
+        return f"{tokens[position]} ({tokenizer.decode([tokens[position]])!r})" if position < len(tokens) else "the end"
+
+    why = ""
+    if position < len(gap):
+        why = (f"; the final layer's top-2 logit gap there is {gap[position]:.3g}, "
+               + ("a near-tie: the verifying forward over several tokens sums in another order than one-token steps, "
+                  "so this is float rounding; another dtype or device may agree" if gap[position] < near_tie
+                  else "not a near-tie: the early-exit decoding itself is wrong"))
+    return (f"speculate: early-exit decoding from layer {layer} is not identical to plain greedy decoding on prompt "
+            f"{prompt} (row index {row} of the split): first difference at new token {position}: plain greedy gave "
+            f"{token(plain)}, early exit gave {token(early)}{why}")

@@ -15,12 +15,12 @@ from lit_idpo.speculate import (
     DraftCounter,
     OutputMismatchError,
     SpeculateOptions,
-    _mismatch,
     check_early_exit_support,
     layer_agreement,
     resolve_exit_layers,
     speculate,
 )
+from lit_idpo.speculate_report import mismatch_message
 
 LAYER_KEYS = {"layer", "agreement", "acceptance_rate", "tokens_per_s", "baseline_tokens_per_s", "speedup", "identical",
               "proposed", "accepted", "rounds", "tokens", "agreement_positions", "agreement_matches"}
@@ -79,12 +79,10 @@ def test_gpt2_is_refused_naming_the_model_type_and_what_is_supported(tmp_path):
 
 def test_a_mismatch_names_the_prompt_and_position_and_says_whether_it_is_a_near_tie():
     tokenizer = load_tokenizer("tiny-llama")
-    err = _mismatch(3, 17, 10, [5, 6, 7], [5, 6, 8], torch.tensor([2.0, 3.0, 1e-6]), tokenizer)
-    assert isinstance(err, OutputMismatchError)
-    message = str(err)
+    message = mismatch_message(3, 17, 10, [5, 6, 7], [5, 6, 8], [2.0, 3.0, 1e-6], tokenizer, near_tie=1e-3)
     assert "layer 10" in message and "prompt 3" in message and "row index 17" in message
     assert "new token 2" in message and "gave 7" in message and "gave 8" in message and "near-tie" in message
-    shorter = str(_mismatch(0, 0, 2, [5, 6, 7], [5, 6], torch.tensor([2.0, 3.0, 4.0]), tokenizer))
+    shorter = mismatch_message(0, 0, 2, [5, 6, 7], [5, 6], [2.0, 3.0, 4.0], tokenizer, near_tie=1e-3)
     assert "new token 2" in shorter and "the end" in shorter and "not a near-tie" in shorter
 
 
