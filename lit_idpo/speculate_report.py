@@ -76,9 +76,10 @@ def plot_png(results: Dict[str, Any]) -> bytes:
         right.plot(layers, [r["speedup"] for r in rows], "^-", color="tab:red", label="speed-up")
         right.axhline(1.0, color="tab:red", linewidth=0.8, linestyle=":")
         right.set_ylabel("speed-up over plain greedy (x)")
+        right.set_ylim(bottom=0)
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
-    ax.legend(handles, labels, loc="lower right")
+    ax.legend(handles, labels, loc="best", framealpha=0.8)
     ax.set_title(f"Early-exit drafting: {results['model']}", fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
