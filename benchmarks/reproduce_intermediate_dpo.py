@@ -17,6 +17,12 @@ worth committing into ``benchmarks/reproduction/``:
 - ``timings.json``: wall time of every invocation and of every training run.
 
 The method, the choices and the expected cost are described in ``benchmarks/REPRODUCTION.md``.
+
+The seed study (issue 11) runs the same way from its own sweep file, which has a ``seeds`` axis; the
+tables then give, per arm, the mean over training runs with its interval:
+
+    python benchmarks/reproduce_intermediate_dpo.py --config configs/sweeps/smollm2_onpolicy_seeds.yaml \
+        --dest benchmarks/seed_study
 """
 
 from __future__ import annotations
@@ -66,8 +72,29 @@ def reading(p: dict | None, against: str) -> str:
     return f"no detectable difference from {against} (interval contains 50 %)"
 
 
+def seed_readings(summary: dict) -> list:
+    """One line per arm of a seeded sweep: the verdict of each interval over training runs and its half-width."""
+    def half(c: dict | None) -> str:
+        if c is None or c.get("ci_low") is None:
+            return "n/a"
+        return f"{100 * (c['ci_high'] - c['ci_low']) / 2:.1f} points"
+
+    lines = []
+    for r in summary["rows"]:
+        parts = []
+        for key, what in (("vs_dpo", "win rate vs DPO"), ("accuracy_vs_dpo", "accuracy minus DPO's"),
+                          ("vs_sft", "win rate vs SFT")):
+            c = r.get(key)
+            if c is not None:
+                parts.append(f"{what}: {c['verdict']} (mean {100 * c['mean']:.1f}, half-width {half(c)})")
+        readings = "; ".join(parts) or "baseline"
+        lines.append(f"- **{r['name']}** (layers {r['layers']}, gamma {r['gamma']:g}): {readings}.")
+    return lines
+
+
 def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     from lit_idpo.sweep import Sweep, format_sweep_markdown, load_spec
+    from lit_idpo.sweep_report import format_seeds_markdown
 
     summary = json.loads((out / "sweep_results.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
@@ -85,12 +112,15 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     env = environment()
     total = sum(t["seconds"] for t in timings["invocations"])
     fit_total = sum(r.get("fit_seconds") or 0 for r in summary["rows"])
-    lines = ["# Reproduction in miniature: results", "",
+    title = "Seed study" if "seeds" in summary else "Reproduction in miniature"
+    lines = [f"# {title}: results", "",
              f"Written by `benchmarks/reproduce_intermediate_dpo.py` on {time.strftime('%Y-%m-%d')}. "
              "Method and choices: "
              f"[`../REPRODUCTION.md`](../REPRODUCTION.md).", "",
-             format_sweep_markdown(summary), "", "## Reading the intervals", ""]
-    for r in summary["rows"]:
+             (format_seeds_markdown if "seeds" in summary else format_sweep_markdown)(summary), "",
+             "## Reading the intervals", ""]
+    lines += seed_readings(summary) if "seeds" in summary else []
+    for r in ([] if "seeds" in summary else summary["rows"]):
         if r["name"] == "dpo":
             lines.append(f"- **dpo**: {reading(r['vs_sft'], 'SFT')}.")
         else:

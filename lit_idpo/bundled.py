@@ -29,7 +29,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from lit_idpo.errors import ConfigError
 
-TASKS = ("arithmetic",)
+#: ``arithmetic``: templated pairs built here; ``arithmetic_onpolicy``: the model's own sampled responses on the
+#: same prompts, labelled by :func:`is_correct` (``scripts/make_onpolicy_data.py``; :mod:`lit_idpo.onpolicy`).
+TASKS = ("arithmetic", "arithmetic_onpolicy")
 SPLITS = ("train", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
 SEED = 0
