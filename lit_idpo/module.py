@@ -43,6 +43,7 @@ METRIC_NAMES = (
 )
 #: Logged for the intermediate layers only, and only with ``model.exit_loss_weight > 0``.
 EXIT_METRIC = "exit_nll"
+EXIT_TOKENS = "exit_tokens"  # compute_loss's count of the chosen completion tokens behind exit_nll (not logged)
 # The paper's best setting read layer 22 of a 32-block model; by default we take the same relative depth.
 PAPER_RELATIVE_LAYER = 22 / 32
 
@@ -281,7 +282,8 @@ class IntermediateDPO(LightningModule):
         ``batch`` may be of any packing mode (padded, ``padding_free``, ``prefix_shared``): the values are the same.
         ``split`` (``"train"`` or ``"val"``) names the split the batch's ``pair_index`` refers to; it is
         needed with ``reference_cache``, where reference log-probs are looked up instead of computed.
-        With ``exit_loss_weight > 0`` the metrics also hold ``exit_nll`` (``[K]``, intermediate layers only).
+        With ``exit_loss_weight > 0`` the metrics also hold ``exit_nll`` (``[K]``, intermediate layers only) and
+        ``exit_tokens`` (the chosen completion tokens it averages over).
         """
         num_pairs = self.num_pairs(batch)
         lengths = scoring_plan(batch).lengths()  # [2B] scored tokens (the first token has no target)
@@ -301,6 +303,7 @@ class IntermediateDPO(LightningModule):
             nll = exit_nll(sums[1:, :num_pairs], lengths[:num_pairs])  # [K]
             loss = loss + weight * nll.mean()
             metrics[EXIT_METRIC] = nll.detach()
+            metrics[EXIT_TOKENS] = lengths[:num_pairs].sum()  # the token mean's denominator, for validation's weight
         return loss, metrics
 
     def _per_layer(self, metrics: Dict[str, torch.Tensor]) -> Iterator[Tuple[str, str, torch.Tensor]]:
@@ -390,9 +393,8 @@ class IntermediateDPO(LightningModule):
         loss, metrics = self.compute_loss(batch, "val")
         batch_size = self.num_pairs(batch)
         # exit_nll is a token mean: weighted by the batch's chosen tokens, the epoch value is the token mean too.
-        chosen_tokens = scoring_plan(batch).lengths()[:batch_size].sum() if EXIT_METRIC in metrics else None
         for layer_name, metric, value in self._per_layer(metrics):
-            weight = chosen_tokens if metric == EXIT_METRIC else batch_size
+            weight = metrics[EXIT_TOKENS] if metric == EXIT_METRIC else batch_size
             self.val_metrics[self._metric_key(layer_name, metric)].update(value, weight=weight)
         self.log("val/loss_total", loss, batch_size=batch_size, sync_dist=True)
 

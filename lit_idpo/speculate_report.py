@@ -7,6 +7,7 @@ atomically (:mod:`lit_idpo.storage`).
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -92,7 +93,13 @@ def write_reports(results: Dict[str, Any], output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / "speculate.json", results)
     atomic_write_text(output_dir / "speculate.md", format_markdown(results) + "\n")
-    atomic_write_bytes(output_dir / "speculate.png", plot_png(results))
+    try:
+        png = plot_png(results)
+    except ImportError:  # matplotlib is the optional [plot] extra: keep the measurement, say how to get the plot
+        print("lit-idpo speculate: speculate.png not written: matplotlib is not installed (pip install "
+              "'lit-idpo[plot]')", file=sys.stderr)
+        return
+    atomic_write_bytes(output_dir / "speculate.png", png)
 
 
 def mismatch_message(prompt: int, row: int, layer: int, plain: List[int], early: List[int], gap: Sequence[float],

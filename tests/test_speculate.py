@@ -175,3 +175,19 @@ def test_a_differing_early_exit_output_stops_the_run(tmp_path, monkeypatch):
     with pytest.raises(OutputMismatchError, match=r"layer 2 .* on prompt 0 .*first difference at new token 1"):
         _run(tmp_path, limit=1)
     assert not (tmp_path / "out" / "speculate.json").exists()
+
+
+def test_reports_keep_the_measurement_when_matplotlib_is_missing(tmp_path, monkeypatch, capsys):
+    from lit_idpo import speculate_report
+
+    def no_matplotlib(results):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(speculate_report, "plot_png", no_matplotlib)
+    monkeypatch.setattr(speculate_report, "format_markdown", lambda results: "| table |")
+    results = {"model": "m", "layers": [{"layer": 1, "agreement": 0.5}]}
+    speculate_report.write_reports(results, tmp_path)
+    assert json.loads((tmp_path / "speculate.json").read_text()) == results
+    assert (tmp_path / "speculate.md").read_text() == "| table |\n"
+    assert not (tmp_path / "speculate.png").exists()
+    assert "pip install 'lit-idpo[plot]'" in capsys.readouterr().err
