@@ -2,6 +2,7 @@
 
     python benchmarks/draft_study.py                     # measure (resumable per model) and publish
     python benchmarks/draft_study.py --publish_only      # rebuild the tables from finished measurements
+    python benchmarks/draft_study.py --decoders shared_cache --draft_tokens 1 4   # only lit-idpo's loop, two lengths
 
 It runs ``lit-idpo speculate`` (:func:`lit_idpo.speculate.speculate`) on the untrained SmolLM2-135M-Instruct
 and on the seed study's trained models (``configs/sweeps/smollm2_onpolicy_seeds.yaml``: DPO, Intermediate
@@ -13,7 +14,9 @@ next to each arm's win rate against DPO over the seeds from the seed study), ``d
 ``draft_study.png`` and each model's ``speculate.md``.
 
 Speed-ups are ratios within one process (plain and early-exit greedy decoding alternate prompt by prompt),
-so a busy machine slows both sides; the absolute tokens per second are those of this CPU.
+so a busy machine slows both sides; the absolute tokens per second are those of this CPU. ``RESULTS.md``
+also gives, from a cost model (not a measurement), the top-1 agreement a layer would need for a given
+speed-up when every decoder-layer call costs the same, which is the regime of batch-1 decoding on a GPU.
 """
 
 from __future__ import annotations
@@ -44,12 +47,18 @@ def models(sweep: Path, seeds: List[int]) -> Dict[str, str]:
     return out
 
 
-def measure(name: str, source: str, work: Path, args) -> Dict[str, Any]:
+def work_name(name: str, draft_tokens: int) -> str:
+    return f"{name.replace('@', '_').replace('+', '_')}_d{draft_tokens}"
+
+
+def measure(name: str, source: str, work: Path, draft_tokens: int, args) -> Dict[str, Any]:
     from lit_idpo.evaluation.options import DataOptions
     from lit_idpo.speculate import SpeculateOptions, speculate
 
-    options = SpeculateOptions(max_new_tokens=args.max_new_tokens, num_assistant_tokens=args.draft_tokens)
-    out = work / name.replace("@", "_").replace("+", "_")
+    options = SpeculateOptions(max_new_tokens=args.max_new_tokens, num_assistant_tokens=draft_tokens,
+                               transformers_early_exit="transformers" in args.decoders,
+                               shared_cache="shared_cache" in args.decoders)
+    out = work / work_name(name, draft_tokens)
     path = out / "speculate.json"
     settings = {"layers": args.layers, "limit": args.prompts, "settings": options.__dict__}
     if path.is_file():
@@ -78,34 +87,87 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
+def needed_agreement(target: float, layer: int, num_layers: int, draft_tokens: int) -> float:
+    """Cost model: the per-token acceptance ``a`` at which drafting ``draft_tokens`` tokens from ``layer`` reaches
+    speed-up ``target`` when every decoder-layer call costs the same. A round yields ``1 + a + ... + a^d`` tokens
+    in expectation (drafts kept up to the first miss, plus the verifier's token) for ``d*k + L`` layer calls;
+    plain greedy pays ``L`` per token. Returns a value above 1 when even ``a = 1`` falls short."""
+    def speedup(a: float) -> float:
+        return sum(a ** i for i in range(draft_tokens + 1)) * num_layers / (draft_tokens * layer + num_layers)
+
+    if speedup(1.0) < target:
+        return float("inf")
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        low, high = ((low + high) / 2, high) if speedup((low + high) / 2) < target else (low, (low + high) / 2)
+    return high
+
+
+def _rows(name: str, res: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One row per (decoder, exit layer) of one speculate run."""
+    rows = []
+    base = res["baseline"]
+    d = res["settings"]["num_assistant_tokens"]
+    for entry in res["layers"]:
+        common = {"model": name, "arm": name.split("@")[0], "draft_tokens": d, "layer": entry["layer"],
+                  "agreement": entry["agreement"], "plain_tokens_per_s": base["tokens_per_s"]}
+        if entry.get("acceptance_rate") is not None:
+            rows.append({**common, "decoder": "transformers", **{k: entry.get(k) for k in (
+                "acceptance_rate", "tokens_per_round", "tokens_per_s", "speedup", "identical")},
+                "layer_call_speedup": None})
+        if "shared_cache" in entry:
+            loop = entry["shared_cache"]
+            rows.append({**common, "decoder": "shared_cache", **{k: loop.get(k) for k in (
+                "acceptance_rate", "tokens_per_round", "tokens_per_s", "speedup", "identical", "layer_call_speedup",
+                "speedup_vs_same_loop")}, "same_loop_tokens_per_s": base.get("same_loop_tokens_per_s")})
+    return rows
+
+
 def publish(measured: Dict[str, Dict[str, Any]], args) -> Path:
     DEST.mkdir(parents=True, exist_ok=True)
     wins = win_rates()
     rows = []
-    for name, res in measured.items():
-        arm = name.split("@")[0]
-        for entry in res["layers"]:
-            rows.append({"model": name, "arm": arm, **{k: entry.get(k) for k in (
-                "layer", "agreement", "acceptance_rate", "tokens_per_round", "tokens_per_s", "baseline_tokens_per_s",
-                "speedup", "identical")}})
-        shutil.copy2(Path(res["_dir"]) / "speculate.md", DEST / f"{name.replace('@', '_')}.speculate.md")
-    machine = next(iter(measured.values()))["machine"]
+    for key, res in measured.items():
+        rows += _rows(res["_name"], res)
+        shutil.copy2(Path(res["_dir"]) / "speculate.md", DEST / f"{key}.speculate.md")
+    first = next(iter(measured.values()))
+    machine, num_layers = first["machine"], first["num_layers"]
+
+    def num(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    def times(value):
+        return "n/a" if value is None else f"{value:.2f}x"
+
     lines = ["# Draft-model study: results", "",
              f"Written by `benchmarks/draft_study.py` on {time.strftime('%Y-%m-%d')}. Each model's own layer k (its "
-             f"first k blocks, final norm and LM head) drafts {args.draft_tokens} tokens per round for greedy "
-             f"decoding at batch size 1 (transformers' `assistant_early_exit`), verified by the full model; "
-             f"{args.prompts} held-out prompts of `bundled:arithmetic` (test split), at most "
-             f"{args.max_new_tokens} new tokens. Every early-exit output was checked token for token against "
-             f"plain greedy decoding (`identical`).", "",
-             "| model | exit layer | agreement (%) | acceptance (%) | tokens / round | tokens/s | plain tokens/s | "
-             "speed-up | identical |", "|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+             f"first k blocks, final norm and LM head) drafts d tokens per round for greedy decoding at batch size 1, "
+             f"verified by the full model; {args.prompts} held-out prompts of `bundled:arithmetic` (test split), at "
+             f"most {args.max_new_tokens} new tokens. Decoders: `transformers` is `generate(assistant_early_exit=k)` "
+             f"(a separate draft cache, every layer re-run to verify); `shared_cache` is lit-idpo's LayerSkip-style "
+             f"loop (one cache; the verification runs only layers k+1..L from the draft's layer-k states). Every "
+             f"output was checked token for token against plain greedy `generate` (`identical`).", "",
+             "| model | d | decoder | exit layer | agreement (%) | acceptance (%) | tokens / round | tokens/s | "
+             "plain tokens/s | speed-up | layer-call speed-up | identical |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for r in rows:
-        tps = "n/a" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"
-        base = "n/a" if r["baseline_tokens_per_s"] is None else f"{r['baseline_tokens_per_s']:.1f}"
-        speed = "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"
-        per_round = "n/a" if r["tokens_per_round"] is None else f"{r['tokens_per_round']:.2f}"
-        lines.append(f"| {r['model']} | {r['layer']} | {_pct(r['agreement'])} | {_pct(r['acceptance_rate'])} | "
-                     f"{per_round} | {tps} | {base} | {speed} | {'yes' if r['identical'] else 'NO'} |")
+        lines.append(f"| {r['model']} | {r['draft_tokens']} | {r['decoder']} | {r['layer']} | "
+                     f"{_pct(r['agreement'])} | {_pct(r['acceptance_rate'])} | {num(r['tokens_per_round'], '.2f')} | "
+                     f"{num(r['tokens_per_s'], '.1f')} | {num(r['plain_tokens_per_s'], '.1f')} | "
+                     f"{times(r['speedup'])} | {times(r['layer_call_speedup'])} | "
+                     f"{'yes' if r['identical'] else 'NO'} |")
+    lines += ["", "speed-up: tokens/s over plain greedy `generate` in the same process (alternating prompt by "
+              "prompt). layer-call speed-up: plain greedy's decoder-layer calls per token over the loop's, which is "
+              "the speed-up if a layer call cost the same however many tokens it carries (batch-1 decoding bound by "
+              "reading the weights, as on a GPU); counted, not timed.", "",
+              f"Cost model (not a measurement): the per-token acceptance a layer needs for a given speed-up under "
+              f"that equal-cost assumption, with independent acceptances (L = {num_layers}).", "",
+              "| exit layer | d | for 1.0x | for 1.3x |", "|---:|---:|---:|---:|"]
+    for layer in args.layers:
+        for d in (1, 2, 4):
+            need = [needed_agreement(t, layer, num_layers, d) for t in (1.0, 1.3)]
+            lines.append(f"| {layer} | {d} | " + " | ".join("unreachable" if x > 1 else f"{100 * x:.0f} %"
+                                                            for x in need) + " |")
     if wins:
         lines += ["", "Quality of the same arms (from the seed study, "
                   "[`../seed_study/RESULTS.md`](../seed_study/RESULTS.md)): win rate against the same seed's DPO, "
@@ -121,16 +183,17 @@ def publish(measured: Dict[str, Dict[str, Any]], args) -> Path:
             acc = "n/a" if a is None else f"{100 * a['mean']:+.1f}"
             lines.append(f"| {arm} | {w['seeds']} | {_pct(c['mean'])}{interval} | {c['verdict']} | {acc} |")
     total = sum(res.get("study_seconds") or 0 for res in measured.values())
-    lines += ["", f"Measurement time: {total / 60:.1f} min for {len(measured)} models. Machine: "
+    lines += ["", f"Measurement time: {total / 60:.1f} min for {len(measured)} runs. Machine: "
               f"{machine['device_name']} ({machine['device']}, {machine['torch_threads']} torch threads), torch "
               f"{machine['torch']}, transformers {machine['transformers']}.", "",
-              "Per-model details: the `*.speculate.md` files beside this one. Commands: "
+              "Per-run details: the `*.speculate.md` files beside this one. Commands: "
               "`python benchmarks/draft_study.py " + " ".join(args.argv) + "`.", "", "![agreement and speed-up]"
               "(draft_study.png)"]
     (DEST / "draft_study.json").write_text(json.dumps({"rows": rows, "win_rates": wins, "machine": machine,
                                                        "prompts": args.prompts, "layers": args.layers,
                                                        "max_new_tokens": args.max_new_tokens,
-                                                       "draft_tokens": args.draft_tokens}, indent=2) + "\n")
+                                                       "draft_tokens": args.draft_tokens,
+                                                       "decoders": args.decoders}, indent=2) + "\n")
     plot(rows, DEST / "draft_study.png")
     (DEST / "RESULTS.md").write_text("\n".join(lines) + "\n")
     return DEST / "RESULTS.md"
@@ -142,16 +205,21 @@ def plot(rows: List[Dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    agreement_drawn = set()
+    for key in dict.fromkeys((r["model"], r["decoder"], r["draft_tokens"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["decoder"], r["draft_tokens"]) == key]
         layers = [r["layer"] for r in mine]
-        left.plot(layers, [100 * r["agreement"] for r in mine], marker="o", label=model)
-        right.plot(layers, [r["speedup"] or 0 for r in mine], marker="o", label=model)
+        if key[0] not in agreement_drawn:
+            agreement_drawn.add(key[0])
+            left.plot(layers, [100 * r["agreement"] for r in mine], marker="o", label=key[0])
+        style = "-" if key[1] == "shared_cache" else ":"
+        right.plot(layers, [r["speedup"] or 0 for r in mine], style, marker="o", label=f"{key[0]} {key[1]} d={key[2]}")
     left.set(xlabel="exit layer k", ylabel="top-1 agreement with the final layer (%)", ylim=(0, 100))
     right.axhline(1.0, color="grey", lw=0.8)
-    right.set(xlabel="exit layer k", ylabel="greedy decoding speed-up (x)")
+    right.set(xlabel="exit layer k", ylabel="greedy decoding speed-up (x), measured")
     left.legend(fontsize=7)
+    right.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -166,23 +234,27 @@ def main(argv=None) -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[10, 21], help="exit layers")
     parser.add_argument("--prompts", type=int, default=20, help="held-out prompts per model")
     parser.add_argument("--max_new_tokens", type=int, default=48)
-    parser.add_argument("--draft_tokens", type=int, default=4, help="draft tokens per round")
+    parser.add_argument("--draft_tokens", type=int, nargs="+", default=[4], help="draft tokens per round (each "
+                        "value is a separate run per model)")
+    parser.add_argument("--decoders", nargs="+", default=["transformers", "shared_cache"],
+                        choices=["transformers", "shared_cache"], help="which early-exit decoders to time")
     parser.add_argument("--work_dir", default=str(ROOT / "runs" / "draft_study"))
     parser.add_argument("--publish_only", action="store_true")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     work = Path(args.work_dir)
     measured = {}
-    for name, source in models(Path(args.sweep_dir), args.seeds).items():
-        path = work / name.replace("@", "_").replace("+", "_") / "speculate.json"
-        if args.publish_only:
-            if not path.is_file():
-                continue
-            res = json.loads(path.read_text())
-        else:
-            res = measure(name, source, work, args)
-        res["_dir"] = str(path.parent)
-        measured[name] = res
+    for d in args.draft_tokens:
+        for name, source in models(Path(args.sweep_dir), args.seeds).items():
+            path = work / work_name(name, d) / "speculate.json"
+            if args.publish_only:
+                if not path.is_file():
+                    continue
+                res = json.loads(path.read_text())
+            else:
+                res = measure(name, source, work, d, args)
+            res["_dir"], res["_name"] = str(path.parent), name
+            measured[work_name(name, d)] = res
     print(publish(measured, args).read_text())
 
 

@@ -25,25 +25,31 @@ Timing is fair by construction: one warm-up call of each decoding path first, th
 greedy and every layer's early-exit decoding run back to back, in an order rotated from prompt to
 prompt, under ``torch.inference_mode`` (CUDA synchronised around each call).
 
-transformers' implementation keeps a separate KV cache for the draft and re-runs all layers to verify
-(LayerSkip's scheme reuses the first ``k`` layers' cache); the speed-up measured here is that of
-transformers' implementation. Outputs: ``speculate.json``, ``speculate.md`` and ``speculate.png`` in
-``output_dir`` (:mod:`lit_idpo.speculate_report`).
+transformers' implementation keeps a separate KV cache for the draft and re-runs all layers to verify.
+With ``shared_cache`` (the default) each layer is also decoded by
+:class:`~lit_idpo.speculate_decoding.SharedCacheDecoder`, LayerSkip's scheme, in which the verification
+reuses the draft's first-``k``-layer cache and exit hidden states; its results are under ``shared_cache``
+per layer: the same rates, its speed-up over plain ``generate`` and over plain greedy through the same
+loop, and ``layer_call_speedup``, the speed-up if every decoder-layer call cost the same however many
+tokens it carries (batch-1 decoding bound by reading the weights, as on a GPU). Outputs:
+``speculate.json``, ``speculate.md`` and ``speculate.png`` in ``output_dir`` (:mod:`lit_idpo.speculate_report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import platform
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from lit_idpo.errors import ConfigError
 from lit_idpo.evaluation.options import DTYPES, DataOptions
+from lit_idpo.speculate_decoding import DraftCounter, DraftSettings, DraftStats, SharedCacheDecoder, TransformersDecoder
 
 __all__ = ["SpeculateOptions", "OutputMismatchError", "DraftCounter", "speculate", "layer_agreement",
            "resolve_exit_layers", "check_early_exit_support", "SUPPORTED_MODEL_TYPES", "run", "main"]
@@ -75,6 +81,10 @@ class SpeculateOptions:
         warmup: run one untimed plain and one early-exit decoding first (fair timing of the first prompt).
         draft_decoding: run the early-exit decodings; false measures agreement only (works for any model the
             fused head supports, GPT-2 included).
+        transformers_early_exit: decode with transformers' ``assistant_early_exit`` (separate draft cache).
+        shared_cache: also decode with lit-idpo's shared-cache draft loop (LayerSkip's scheme: the draft's
+            first-k-layer keys and values and exit hidden states are reused by the verification), and with
+            that loop's plain greedy as a second baseline.
         dtype: weights' dtype (``float32``, ``bfloat16``, ``float16``).
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
     """
@@ -84,6 +94,8 @@ class SpeculateOptions:
     max_prompt_length: Optional[int] = None
     warmup: bool = True
     draft_decoding: bool = True
+    transformers_early_exit: bool = True
+    shared_cache: bool = True
     dtype: str = "float32"
     device: str = "auto"
 
@@ -95,6 +107,9 @@ class SpeculateOptions:
         if self.max_prompt_length is not None and (not isinstance(self.max_prompt_length, int)
                                                    or self.max_prompt_length < 1):
             raise ConfigError(f"generation.max_prompt_length={self.max_prompt_length!r}; an integer >= 1, or null")
+        if self.draft_decoding and not (self.transformers_early_exit or self.shared_cache):
+            raise ConfigError("generation.draft_decoding is true but both generation.transformers_early_exit and "
+                              "generation.shared_cache are false; turn one on, or set draft_decoding false")
         if self.dtype not in DTYPES:
             raise ConfigError(f"generation.dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
@@ -207,122 +222,6 @@ def layer_agreement(model, sequence, prompt_length: int, layers: Sequence[int]):
     return torch.stack(matches), final_ids, top2[:, 0] - top2[:, 1]
 
 
-class DraftCounter:
-    """Counts the draft tokens of transformers' early-exit decoding while active (a context manager).
-
-    Wraps ``EarlyExitCandidateGenerator.get_candidates`` (proposed: the draft tokens it returns) and
-    ``update_candidate_strategy`` (accepted: the ``num_matches`` the verifying model passes it), restoring
-    both on exit. Not thread-safe: one decoding at a time.
-    """
-
-    def __init__(self):
-        self.proposed = self.accepted = self.rounds = 0
-
-    def __enter__(self) -> "DraftCounter":
-        from transformers.generation.candidate_generator import EarlyExitCandidateGenerator as generator
-
-        self._saved = (generator.get_candidates, generator.update_candidate_strategy)
-        get_candidates, update = self._saved
-        counter = self
-
-        def counted_get_candidates(this, input_ids, **kwargs):
-            candidate_ids, logits = get_candidates(this, input_ids, **kwargs)
-            counter.proposed += candidate_ids.shape[1] - input_ids.shape[1]
-            counter.rounds += 1
-            return candidate_ids, logits
-
-        def counted_update(this, input_ids, scores, num_matches):
-            counter.accepted += int(num_matches)
-            return update(this, input_ids, scores, num_matches)
-
-        generator.get_candidates, generator.update_candidate_strategy = counted_get_candidates, counted_update
-        return self
-
-    def __exit__(self, *exc) -> None:
-        from transformers.generation.candidate_generator import EarlyExitCandidateGenerator as generator
-
-        generator.get_candidates, generator.update_candidate_strategy = self._saved
-
-
-class _Decoder:
-    """Greedy decoding of one model at batch size 1, plain or from an exit layer, timed."""
-
-    def __init__(self, model, tokenizer, options: SpeculateOptions, device):
-        from transformers import GenerationConfig
-
-        from lit_idpo.evaluation.generation import _eos_ids
-
-        self.model, self.device, self.options = model, device, options
-        eos = _eos_ids(model, tokenizer)
-        self.eos = set(eos)
-        self.config = GenerationConfig(max_new_tokens=options.max_new_tokens, do_sample=False, eos_token_id=eos,
-                                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                       else eos[0], bos_token_id=tokenizer.bos_token_id)
-
-    def _sync(self) -> None:
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def decode(self, ids: List[int], layer: Optional[int] = None, max_new_tokens: Optional[int] = None,
-               counter: Optional[DraftCounter] = None) -> Tuple[List[int], float]:
-        """New tokens (EOS included) and seconds of one greedy decoding; ``layer`` drafts from that exit layer."""
-        import contextlib
-        import copy
-
-        import torch
-
-        config = self.config
-        if layer is not None or max_new_tokens is not None:
-            config = copy.deepcopy(config)
-            config.max_new_tokens = max_new_tokens or self.options.max_new_tokens
-            if layer is not None:
-                config.assistant_early_exit = layer
-                config.num_assistant_tokens = self.options.num_assistant_tokens
-        input_ids = torch.tensor([ids], device=self.device)
-        with torch.inference_mode(), (counter if counter is not None else contextlib.nullcontext()):
-            self._sync()
-            started = time.perf_counter()
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                      generation_config=config)
-            self._sync()
-            seconds = time.perf_counter() - started
-        return out[0, len(ids):].tolist(), seconds
-
-
-class _DraftSettings:
-    """The model's own generation config as transformers' early exit reads it, set for the measurement.
-
-    The early-exit drafter copies its settings from ``model.generation_config`` (not from the config passed
-    to ``generate``): a fixed ``num_assistant_tokens`` per round and no confidence cut-off (transformers'
-    default stops a draft below probability 0.4). Restored on exit, as is transformers' log level: the
-    drafter passes ``generate`` a config and keyword arguments together, which transformers warns about
-    itself; the user cannot act on that, so its warnings are silenced meanwhile.
-    """
-
-    FIELDS = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
-
-    def __init__(self, model, num_assistant_tokens: int):
-        self.config, self.values = model.generation_config, (num_assistant_tokens, "constant", 0.0)
-
-    def __enter__(self):
-        import transformers
-
-        self.saved = [getattr(self.config, name, None) for name in self.FIELDS]
-        for name, value in zip(self.FIELDS, self.values):
-            setattr(self.config, name, value)
-        self.verbosity = transformers.logging.get_verbosity()
-        transformers.logging.set_verbosity_error()
-
-    def __exit__(self, *exc):
-        import transformers
-
-        for name, value in zip(self.FIELDS, self.saved):
-            setattr(self.config, name, value)
-        transformers.logging.set_verbosity(self.verbosity)
-
-
 def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Sequence[int]] = "auto",
               data: Optional[DataOptions] = None, options: Optional[SpeculateOptions] = None,
               progress: bool = True) -> Dict[str, Any]:
@@ -346,7 +245,7 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
 
     from lit_idpo.data import truncate_prompt
     from lit_idpo.evaluation._util import progress_bar
-    from lit_idpo.evaluation.generation import load_eval_model, resolve_device
+    from lit_idpo.evaluation.generation import _eos_ids, load_eval_model, resolve_device
     from lit_idpo.evaluation.prompts import load_prompts, render_prompt_ids
     from lit_idpo.logprobs import find_head_path
     from lit_idpo.models import load_tokenizer
@@ -372,62 +271,87 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
     _info(f"{len(prompts)} prompts from split {data.split!r} of {data.source!r}; exit layers {exit_layers} of "
           f"{path.num_layers}; {options.num_assistant_tokens} draft tokens per round")
 
-    decoder = _Decoder(lm, tokenizer, options, device)
+    eos = _eos_ids(lm, tokenizer)
+    hf = TransformersDecoder(lm, eos, tokenizer.pad_token_id, tokenizer.bos_token_id, options.max_new_tokens,
+                             options.num_assistant_tokens)
     n = len(exit_layers)
+    counters, shared_stats = [DraftCounter() for _ in exit_layers], [DraftStats() for _ in exit_layers]
+    # The timed decodings, each called as decode(ids, max_new_tokens=...) -> (new tokens, seconds). None is plain
+    # greedy generate (the baseline every output must equal); "same_loop" is plain greedy through the shared-cache
+    # loop's own code (zero drafts), so the loop's speed-up can be read apart from generate's own overhead.
+    methods: Dict[Any, Callable[..., Tuple[List[int], float]]] = {None: hf.decode}
+    if options.draft_decoding:
+        for i, layer in enumerate(exit_layers if options.transformers_early_exit else []):
+            methods["transformers", i] = functools.partial(hf.decode, layer=layer, counter=counters[i])
+        if options.shared_cache:
+            methods["same_loop"] = SharedCacheDecoder(lm, path.num_layers, 0, eos).decode
+            for i, layer in enumerate(exit_layers):
+                decoder = SharedCacheDecoder(lm, layer, options.num_assistant_tokens, eos)
+                methods["shared_cache", i] = functools.partial(decoder.decode, stats=shared_stats[i])
+    order, totals = list(methods), {key: [0, 0.0] for key in methods}  # key -> [tokens, seconds]
     matches, positions, final_vs_greedy = [0] * n, 0, 0
-    base_tokens, base_seconds = 0, 0.0
-    tokens, seconds = [0] * n, [0.0] * n
-    counters = [DraftCounter() for _ in exit_layers]
-    with _DraftSettings(lm, options.num_assistant_tokens):
-        if options.warmup:
-            decoder.decode(prompt_ids[0], max_new_tokens=min(8, options.max_new_tokens))
-            if options.draft_decoding:
-                decoder.decode(prompt_ids[0], exit_layers[0], max_new_tokens=min(8, options.max_new_tokens))
-        methods: List[Optional[int]] = [None] + (list(range(n)) if options.draft_decoding else [])
+    with DraftSettings(lm, options.num_assistant_tokens):
+        if options.warmup:  # one short untimed run of each, then the counts start from zero
+            for decode in methods.values():
+                decode(prompt_ids[0], max_new_tokens=min(8, options.max_new_tokens))
+            for counter, stats in zip(counters, shared_stats):
+                counter.reset()
+                stats.reset()
         for p, ids in enumerate(progress_bar(prompt_ids, desc="speculate", enabled=progress, unit="prompt")):
-            outputs: Dict[Optional[int], List[int]] = {}
-            shift = p % len(methods)  # rotate the order, so no method always runs first (caches, clocks)
-            for method in methods[shift:] + methods[:shift]:
-                if method is None:
-                    outputs[None], spent = decoder.decode(ids)
-                    base_seconds += spent
-                    base_tokens += len(outputs[None])
-                else:
-                    outputs[method], spent = decoder.decode(ids, exit_layers[method], counter=counters[method])
-                    seconds[method] += spent
-                    tokens[method] += len(outputs[method])
+            outputs: Dict[Any, List[int]] = {}
+            shift = p % len(order)  # rotate the order, so no method always runs first (caches, clocks)
+            for key in order[shift:] + order[:shift]:
+                outputs[key], spent = methods[key](ids, max_new_tokens=options.max_new_tokens)
+                totals[key][0] += len(outputs[key])
+                totals[key][1] += spent
             plain = outputs[None]
             sequence = torch.tensor([ids + plain], device=device)
             agree, final_ids, gap = layer_agreement(lm, sequence, len(ids), exit_layers)
             matches = [m + int(row.sum()) for m, row in zip(matches, agree)]
             positions += len(plain)
             final_vs_greedy += int((final_ids.cpu() != torch.tensor(plain)).sum())
-            for method in methods[1:]:
-                if outputs[method] != plain:
+            for key in order[1:]:
+                if outputs[key] != plain:
+                    layer = path.num_layers if key == "same_loop" else exit_layers[key[1]]
+                    how = "transformers' assistant_early_exit" if key[0] == "transformers" else "the shared-cache loop"
                     raise OutputMismatchError(mismatch_message(
-                        p, prompts[p].index, exit_layers[method], plain, outputs[method], gap.cpu().tolist(),
-                        tokenizer, near_tie=_NEAR_TIE[options.dtype]))
+                        p, prompts[p].index, layer, plain, outputs[key], gap.cpu().tolist(), tokenizer,
+                        near_tie=_NEAR_TIE[options.dtype], implementation=how))
 
-    baseline_tps = base_tokens / base_seconds if base_seconds > 0 else None
+    def rate(key) -> Optional[float]:
+        return totals[key][0] / totals[key][1] if key in totals and totals[key][1] > 0 else None
+
+    def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
+        return a / b if a is not None and b else None
+
+    baseline_tps, same_loop_tps = rate(None), rate("same_loop")
     per_layer = []
     for i, layer in enumerate(exit_layers):
         entry: Dict[str, Any] = {"layer": layer, "agreement": matches[i] / positions, "agreement_matches": matches[i],
                                  "agreement_positions": positions}
-        if options.draft_decoding:
-            c = counters[i]
-            tps = tokens[i] / seconds[i] if seconds[i] > 0 else None
-            entry.update(acceptance_rate=c.accepted / c.proposed if c.proposed else None, proposed=c.proposed,
-                         accepted=c.accepted, rounds=c.rounds,
-                         tokens_per_round=tokens[i] / c.rounds if c.rounds else None, tokens=tokens[i],
-                         seconds=round(seconds[i], 4), tokens_per_s=tps,
-                         baseline_tokens_per_s=baseline_tps,
-                         speedup=tps / baseline_tps if tps is not None and baseline_tps else None, identical=True)
+        if ("transformers", i) in totals:
+            c, (made, spent), tps = counters[i], totals["transformers", i], rate(("transformers", i))
+            entry.update(acceptance_rate=ratio(c.accepted, c.proposed), proposed=c.proposed, accepted=c.accepted,
+                         rounds=c.rounds, tokens_per_round=ratio(made, c.rounds), tokens=made, seconds=round(spent, 4),
+                         tokens_per_s=tps, baseline_tokens_per_s=baseline_tps, speedup=ratio(tps, baseline_tps),
+                         identical=True)
+        if ("shared_cache", i) in totals:
+            s, (made, spent), tps = shared_stats[i], totals["shared_cache", i], rate(("shared_cache", i))
+            entry["shared_cache"] = {
+                "acceptance_rate": ratio(s.accepted, s.proposed), "proposed": s.proposed, "accepted": s.accepted,
+                "rounds": s.rounds, "tokens_per_round": ratio(made, s.rounds), "tokens": made,
+                "seconds": round(spent, 4), "tokens_per_s": tps, "speedup": ratio(tps, baseline_tps),
+                "speedup_vs_same_loop": ratio(tps, same_loop_tps),
+                # plain greedy runs every layer once per token; here a layer call may carry several tokens
+                "layer_calls": s.layer_calls, "layer_call_speedup": ratio(s.tokens * path.num_layers, s.layer_calls),
+                "identical": True}
         per_layer.append(entry)
     results: Dict[str, Any] = {
         "lit_idpo_speculate": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model,
         "model_type": getattr(lm.config, "model_type", None), "num_layers": path.num_layers,
         "settings": dataclasses.asdict(options), "prompts": {**prompt_stats, "truncated": truncated},
-        "baseline": {"tokens": base_tokens, "seconds": round(base_seconds, 4), "tokens_per_s": baseline_tps},
+        "baseline": {"tokens": totals[None][0], "seconds": round(totals[None][1], 4), "tokens_per_s": baseline_tps,
+                     "same_loop_tokens_per_s": same_loop_tps},
         # positions where the teacher-forced forward's arg-max differs from the greedy token (near-ties)
         "final_vs_greedy_mismatches": final_vs_greedy,
         "machine": {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"

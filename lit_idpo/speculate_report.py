@@ -35,7 +35,10 @@ def format_markdown(results: Dict[str, Any]) -> str:
     decoding = settings["draft_decoding"]
     if decoding:
         base = results["baseline"]
-        lines += [f"Plain greedy decoding: {base['tokens']} tokens at {_fmt(base['tokens_per_s'], '.1f')} tokens/s.",
+        lines += [f"Plain greedy decoding: {base['tokens']} tokens at {_fmt(base['tokens_per_s'], '.1f')} tokens/s."]
+    if decoding and settings.get("transformers_early_exit", True):
+        lines += ["",
+                  "transformers' `assistant_early_exit` (a separate draft cache; the verification runs every layer):",
                   "",
                   "| exit layer | agreement | acceptance | tokens/round | tokens/s | baseline tokens/s | speed-up "
                   "| identical |",
@@ -45,12 +48,29 @@ def format_markdown(results: Dict[str, Any]) -> str:
                          f"| {_fmt(row['tokens_per_round'], '.2f')} | {_fmt(row['tokens_per_s'], '.1f')} "
                          f"| {_fmt(row['baseline_tokens_per_s'], '.1f')} | {_fmt(row['speedup'], '.2f')}x "
                          f"| {'yes' if row['identical'] else 'NO'} |")
-    else:
+    shared = [row for row in results["layers"] if "shared_cache" in row]
+    if shared:
+        lines += ["", "Shared-cache draft loop (LayerSkip's scheme: the verification reuses the draft's "
+                  "first-k-layer cache and exit hidden states); plain greedy through the same loop: "
+                  f"{_fmt(base.get('same_loop_tokens_per_s'), '.1f')} tokens/s.", "",
+                  "| exit layer | agreement | acceptance | tokens/round | tokens/s | speed-up | vs same loop "
+                  "| layer-call speed-up | identical |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+        for row in shared:
+            loop = row["shared_cache"]
+            lines.append(f"| {row['layer']} | {row['agreement']:.3f} | {_fmt(loop['acceptance_rate'], '.3f')} "
+                         f"| {_fmt(loop['tokens_per_round'], '.2f')} | {_fmt(loop['tokens_per_s'], '.1f')} "
+                         f"| {_fmt(loop['speedup'], '.2f')}x | {_fmt(loop['speedup_vs_same_loop'], '.2f')}x "
+                         f"| {_fmt(loop['layer_call_speedup'], '.2f')}x | {'yes' if loop['identical'] else 'NO'} |")
+    if not decoding:
         lines += ["| exit layer | agreement |", "|---:|---:|"]
         lines += [f"| {row['layer']} | {row['agreement']:.3f} |" for row in results["layers"]]
     lines += ["", "agreement: teacher-forced top-1 agreement of the layer's readout with the final layer over "
               f"{results['layers'][0]['agreement_positions']} response positions; acceptance: accepted / proposed "
-              "draft tokens; tokens/round: new tokens per full-model verification."]
+              "draft tokens; tokens/round: new tokens per full-model verification; speed-up: tokens/s over plain "
+              "greedy generate; layer-call speed-up: plain greedy's decoder-layer calls per token over the loop's, the "
+              "speed-up if a layer call cost the same however many tokens it carries (weight-read-bound decoding, as "
+              "on a GPU)."]
     return "\n".join(lines)
 
 
@@ -66,15 +86,27 @@ def plot_png(results: Dict[str, Any]) -> bytes:
     figure = Figure(figsize=(6.4, 4.0), dpi=120)
     ax = figure.add_subplot()
     ax.plot(layers, [r["agreement"] for r in rows], "o-", color="tab:blue", label="agreement")
-    if results["settings"]["draft_decoding"]:
+    # each decoder's curves where every layer has them: (label, its numbers per row, or None)
+    transformers = [r.get("acceptance_rate") is not None and r.get("speedup") is not None for r in rows]
+    shared = [r.get("shared_cache", {}).get("speedup") is not None for r in rows]
+    if all(transformers):
         ax.plot(layers, [r["acceptance_rate"] for r in rows], "s--", color="tab:cyan", label="acceptance")
+    elif all(shared):
+        ax.plot(layers, [r["shared_cache"]["acceptance_rate"] for r in rows], "s--", color="tab:cyan",
+                label="acceptance")
     ax.set_xlabel(f"exit layer (of {results['num_layers']})")
     ax.set_ylabel("rate")
     ax.set_ylim(0, 1.05)
     handles, labels = ax.get_legend_handles_labels()
-    if results["settings"]["draft_decoding"] and all(r["speedup"] is not None for r in rows):
+    if all(transformers) or all(shared):
         right = ax.twinx()
-        right.plot(layers, [r["speedup"] for r in rows], "^-", color="tab:red", label="speed-up")
+        if all(transformers):
+            right.plot(layers, [r["speedup"] for r in rows], "^-", color="tab:red", label="speed-up (transformers)")
+        if all(shared):
+            right.plot(layers, [r["shared_cache"]["speedup"] for r in rows], "v-", color="darkred",
+                       label="speed-up (shared cache)")
+            right.plot(layers, [r["shared_cache"]["layer_call_speedup"] for r in rows], "v:", color="darkred",
+                       alpha=0.6, label="layer-call speed-up (shared cache)")
         right.axhline(1.0, color="tab:red", linewidth=0.8, linestyle=":")
         right.set_ylabel("speed-up over plain greedy (x)")
         right.set_ylim(bottom=0)
@@ -103,10 +135,11 @@ def write_reports(results: Dict[str, Any], output_dir: Path) -> None:
 
 
 def mismatch_message(prompt: int, row: int, layer: int, plain: List[int], early: List[int], gap: Sequence[float],
-                     tokenizer, *, near_tie: float) -> str:
-    """Why an early-exit output is not plain greedy decoding's: the prompt (its position in the run and row index
-    in the split), the first differing new token of each, and whether the final layer's top-2 logit gap there
-    (``gap``, per new token) is below ``near_tie`` (a numerical near-tie) or not (a bug)."""
+                     tokenizer, *, near_tie: float, implementation: str = "transformers' assistant_early_exit") -> str:
+    """Why an early-exit output is not plain greedy decoding's: the decoder (``implementation``), the prompt (its
+    position in the run and row index in the split), the first differing new token of each, and whether the final
+    layer's top-2 logit gap there (``gap``, per new token) is below ``near_tie`` (a numerical near-tie) or not (a
+    bug)."""
     position = next((j for j, (a, b) in enumerate(zip(plain, early)) if a != b), min(len(plain), len(early)))
 
     def token(tokens: List[int]) -> str:
@@ -118,6 +151,7 @@ def mismatch_message(prompt: int, row: int, layer: int, plain: List[int], early:
                + ("a near-tie: the verifying forward over several tokens sums in another order than one-token steps, "
                   "so this is float rounding; another dtype or device may agree" if gap[position] < near_tie
                   else "not a near-tie: the early-exit decoding itself is wrong"))
-    return (f"speculate: early-exit decoding from layer {layer} is not identical to plain greedy decoding on prompt "
+    return (f"speculate: early-exit decoding from layer {layer} ({implementation}) is not identical to plain greedy "
+            f"decoding on prompt "
             f"{prompt} (row index {row} of the split): first difference at new token {position}: plain greedy gave "
             f"{token(plain)}, early exit gave {token(early)}{why}")

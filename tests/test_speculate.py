@@ -99,10 +99,20 @@ def test_speculate_on_tiny_llama_identical_outputs_rates_and_reports(tmp_path):
         assert row["speedup"] == pytest.approx(row["tokens_per_s"] / row["baseline_tokens_per_s"])
     assert rows[-1]["agreement"] == 1.0
     assert rows[-1]["acceptance_rate"] == 1.0  # the final layer drafting for itself
+    for row in rows:  # the shared-cache loop: same tokens, its own counts
+        loop = row["shared_cache"]
+        assert loop["identical"] is True and loop["tokens"] == row["tokens"]
+        assert 0 <= loop["accepted"] <= loop["proposed"] <= 4 * loop["rounds"]
+        assert loop["accepted"] + loop["rounds"] >= loop["tokens"]  # each round: kept drafts + one verified token
+        assert loop["speedup"] == pytest.approx(loop["tokens_per_s"] / row["baseline_tokens_per_s"])
+        assert loop["speedup_vs_same_loop"] == pytest.approx(
+            loop["tokens_per_s"] / results["baseline"]["same_loop_tokens_per_s"])
+    assert rows[-1]["shared_cache"]["acceptance_rate"] == 1.0
     on_disk = json.loads((tmp_path / "out" / "speculate.json").read_text())
     assert on_disk["layers"] == rows and on_disk["machine"]["torch_threads"] >= 1
     assert on_disk["settings"]["num_assistant_tokens"] == 4 and on_disk["prompts"]["prompts"] == 2
-    assert "| 2 |" in (tmp_path / "out" / "speculate.md").read_text()
+    markdown = (tmp_path / "out" / "speculate.md").read_text()
+    assert "| 2 |" in markdown and "Shared-cache draft loop" in markdown
     assert (tmp_path / "out" / "speculate.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -161,9 +171,9 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys, args, needle):
 
 
 def test_a_differing_early_exit_output_stops_the_run(tmp_path, monkeypatch):
-    from lit_idpo import speculate as module
+    from lit_idpo.speculate_decoding import TransformersDecoder
 
-    decode = module._Decoder.decode
+    decode = TransformersDecoder.decode
 
     def corrupted(self, ids, layer=None, **kwargs):
         tokens, seconds = decode(self, ids, layer, **kwargs)
@@ -171,8 +181,9 @@ def test_a_differing_early_exit_output_stops_the_run(tmp_path, monkeypatch):
             tokens = tokens[:1] + [tokens[1] + 1] + tokens[2:]
         return tokens, seconds
 
-    monkeypatch.setattr(module._Decoder, "decode", corrupted)
-    with pytest.raises(OutputMismatchError, match=r"layer 2 .* on prompt 0 .*first difference at new token 1"):
+    monkeypatch.setattr(TransformersDecoder, "decode", corrupted)
+    with pytest.raises(OutputMismatchError, match=r"layer 2 \(transformers' assistant_early_exit\) .* on prompt 0 "
+                                                  r".*first difference at new token 1"):
         _run(tmp_path, limit=1)
     assert not (tmp_path / "out" / "speculate.json").exists()
 
@@ -191,3 +202,16 @@ def test_reports_keep_the_measurement_when_matplotlib_is_missing(tmp_path, monke
     assert (tmp_path / "speculate.md").read_text() == "| table |\n"
     assert not (tmp_path / "speculate.png").exists()
     assert "pip install 'lit-idpo[plot]'" in capsys.readouterr().err
+
+
+def test_shared_cache_loop_alone_and_both_decoders_off(tmp_path):
+    results = _run(tmp_path, layers=(1, 4), transformers_early_exit=False)
+    for row in results["layers"]:
+        assert "acceptance_rate" not in row and row["shared_cache"]["identical"] is True
+        assert row["shared_cache"]["tokens"] == results["baseline"]["tokens"]
+    assert results["layers"][-1]["shared_cache"]["acceptance_rate"] == 1.0
+    markdown = (tmp_path / "out" / "speculate.md").read_text()
+    assert "Shared-cache draft loop" in markdown and "assistant_early_exit` (a separate" not in markdown
+    assert (tmp_path / "out" / "speculate.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="generation.transformers_early_exit and generation.shared_cache"):
+        SpeculateOptions(transformers_early_exit=False, shared_cache=False)
