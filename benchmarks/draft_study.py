@@ -36,9 +36,9 @@ SFT = "embedded:smollm2-135m-instruct"
 ARMS = ["dpo", "L10", "L10+exit0.5", "L21"]
 
 
-def models(sweep: Path, seeds: List[int]) -> Dict[str, str]:
+def models(sweep: Path, seeds: List[int], sft: str = SFT) -> Dict[str, str]:
     """Evaluation name -> model source: the untrained model, then every arm-seed trained so far."""
-    out = {"sft": SFT}
+    out = {"sft": sft}
     for seed in seeds:
         for arm in ARMS:
             hf = sweep / "runs" / arm / f"seed{seed}" / "hf_model"
@@ -72,6 +72,55 @@ def measure(name: str, source: str, work: Path, draft_tokens: int, args) -> Dict
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"{name}: {results['study_seconds']} s", flush=True)
     return results
+
+
+def measure_agreement(name: str, source: str, args) -> Dict[str, Any]:
+    """Teacher-forced agreement only (``draft_decoding`` off: one plain greedy decoding per prompt), resumable."""
+    from lit_idpo.evaluation.options import DataOptions
+    from lit_idpo.speculate import SpeculateOptions, speculate
+
+    out = Path(args.work_dir).parent / "draft_agreement" / work_name(name, 0)
+    path = out / "speculate.json"
+    settings = {"layers": args.layers, "limit": args.agreement_prompts, "max_new_tokens": args.max_new_tokens}
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done.get("study_settings") == settings:
+            return done
+    started = time.perf_counter()
+    results = speculate(source, out, layers=args.layers, progress=False,
+                        options=SpeculateOptions(max_new_tokens=args.max_new_tokens, draft_decoding=False),
+                        data=DataOptions(source="bundled:arithmetic", split="test", limit=args.agreement_prompts))
+    results["study_settings"], results["study_seconds"] = settings, round(time.perf_counter() - started, 1)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"agreement {name}: {results['study_seconds']} s", flush=True)
+    return results
+
+
+def agreement_over_seeds(args) -> Dict[str, Any]:
+    """Per arm and exit layer: agreement over training seeds, and its paired difference to the same seed's DPO."""
+    from lit_idpo.evaluation.statistics import over_seeds, verdict
+
+    sweep, found = Path(args.sweep_dir), {}
+    for seed in args.agreement_seeds:
+        for arm in ARMS:
+            hf = sweep / "runs" / arm / f"seed{seed}" / "hf_model"
+            if hf.is_dir():
+                res = measure_agreement(f"{arm}@seed{seed}", str(hf), args)
+                found[arm, seed] = {row["layer"]: row["agreement"] for row in res["layers"]}
+                found[arm, seed]["seconds"] = res.get("study_seconds") or 0
+    seeds = [s for s in args.agreement_seeds if all((arm, s) in found for arm in ARMS)]  # whole seeds only
+    out = {"seeds": seeds, "prompts": args.agreement_prompts, "rows": [],
+           "seconds": sum(v["seconds"] for v in found.values())}
+    for arm in ARMS:
+        for layer in args.layers:
+            values = [found[arm, s][layer] for s in seeds]
+            row = {"arm": arm, "layer": layer, "agreement": over_seeds(values, bounds=(0.0, 1.0)) if seeds else None}
+            if arm != "dpo" and seeds:
+                diff = over_seeds([found[arm, s][layer] - found["dpo", s][layer] for s in seeds])
+                diff["verdict"] = verdict(diff["ci_low"], diff["ci_high"], 0.0, "DPO")
+                row["minus_dpo"] = diff
+            out["rows"].append(row)
+    return out
 
 
 def win_rates() -> Dict[str, Any]:
@@ -124,12 +173,13 @@ def _rows(name: str, res: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def publish(measured: Dict[str, Dict[str, Any]], args) -> Path:
-    DEST.mkdir(parents=True, exist_ok=True)
+    dest = Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
     wins = win_rates()
     rows = []
     for key, res in measured.items():
         rows += _rows(res["_name"], res)
-        shutil.copy2(Path(res["_dir"]) / "speculate.md", DEST / f"{key}.speculate.md")
+        shutil.copy2(Path(res["_dir"]) / "speculate.md", dest / f"{key}.speculate.md")
     first = next(iter(measured.values()))
     machine, num_layers = first["machine"], first["num_layers"]
 
@@ -168,6 +218,26 @@ def publish(measured: Dict[str, Dict[str, Any]], args) -> Path:
             need = [needed_agreement(t, layer, num_layers, d) for t in (1.0, 1.3)]
             lines.append(f"| {layer} | {d} | " + " | ".join("unreachable" if x > 1 else f"{100 * x:.0f} %"
                                                             for x in need) + " |")
+    agreement = args.agreement
+    if agreement and agreement["seeds"]:
+        def cell(summary, signed=False):
+            fmt = "+.1f" if signed else ".1f"
+            interval = ("" if summary["ci_low"] is None else
+                        f" [{format(100 * summary['ci_low'], fmt)}, {format(100 * summary['ci_high'], fmt)}]")
+            return f"{format(100 * summary['mean'], fmt)}{interval}"
+
+        lines += ["", f"Agreement over training runs: teacher-forced top-1 agreement of layer k with the final layer "
+                  f"on each model's own greedy responses to the first {agreement['prompts']} held-out prompts, for "
+                  f"every arm trained with seeds {agreement['seeds']}; mean [95 % t-interval over seeds], and the "
+                  f"paired difference to the same seed's DPO.", "",
+                  "| arm | exit layer | agreement (%) | minus DPO's (points) | verdict | per seed (%) |",
+                  "|---|---:|---|---|---|---|"]
+        for row in agreement["rows"]:
+            diff = row.get("minus_dpo")
+            lines.append(f"| {row['arm']} | {row['layer']} | {cell(row['agreement'])} | "
+                         f"{cell(diff, signed=True) if diff else '-'} | {diff['verdict'] if diff else '-'} | "
+                         + ", ".join(f"{100 * v:.1f}" for v in row["agreement"]["per_seed"]) + " |")
+        lines += ["", f"Agreement runs: {agreement['seconds'] / 60:.1f} min."]
     if wins:
         lines += ["", "Quality of the same arms (from the seed study, "
                   "[`../seed_study/RESULTS.md`](../seed_study/RESULTS.md)): win rate against the same seed's DPO, "
@@ -189,14 +259,15 @@ def publish(measured: Dict[str, Dict[str, Any]], args) -> Path:
               "Per-run details: the `*.speculate.md` files beside this one. Commands: "
               "`python benchmarks/draft_study.py " + " ".join(args.argv) + "`.", "", "![agreement and speed-up]"
               "(draft_study.png)"]
-    (DEST / "draft_study.json").write_text(json.dumps({"rows": rows, "win_rates": wins, "machine": machine,
+    (dest / "draft_study.json").write_text(json.dumps({"rows": rows, "win_rates": wins, "machine": machine,
                                                        "prompts": args.prompts, "layers": args.layers,
                                                        "max_new_tokens": args.max_new_tokens,
                                                        "draft_tokens": args.draft_tokens,
-                                                       "decoders": args.decoders}, indent=2) + "\n")
-    plot(rows, DEST / "draft_study.png")
-    (DEST / "RESULTS.md").write_text("\n".join(lines) + "\n")
-    return DEST / "RESULTS.md"
+                                                       "decoders": args.decoders, "agreement_over_seeds": agreement},
+                                                      indent=2) + "\n")
+    plot(rows, dest / "draft_study.png")
+    (dest / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    return dest / "RESULTS.md"
 
 
 def plot(rows: List[Dict[str, Any]], path: Path) -> None:
@@ -240,12 +311,19 @@ def main(argv=None) -> None:
                         choices=["transformers", "shared_cache"], help="which early-exit decoders to time")
     parser.add_argument("--work_dir", default=str(ROOT / "runs" / "draft_study"))
     parser.add_argument("--publish_only", action="store_true")
+    parser.add_argument("--dest", default=str(DEST), help="where RESULTS.md and the rest are written")
+    parser.add_argument("--sft", default=SFT, help="the untrained model's source")
+    parser.add_argument("--agreement_seeds", type=int, nargs="*", default=[], help="training seeds whose models get "
+                        "an agreement-only run (no draft decoding), summarised over seeds against the same seed's DPO")
+    parser.add_argument("--agreement_prompts", type=int, default=20, help="held-out prompts per agreement-only run")
+    parser.add_argument("--also_publish", nargs="*", default=[], help="work dirs of earlier measurements (e.g. with "
+                        "other decoders) whose finished runs for the same models and draft lengths join the tables")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     work = Path(args.work_dir)
     measured = {}
     for d in args.draft_tokens:
-        for name, source in models(Path(args.sweep_dir), args.seeds).items():
+        for name, source in models(Path(args.sweep_dir), args.seeds, args.sft).items():
             path = work / work_name(name, d) / "speculate.json"
             if args.publish_only:
                 if not path.is_file():
@@ -255,6 +333,15 @@ def main(argv=None) -> None:
                 res = measure(name, source, work, d, args)
             res["_dir"], res["_name"] = str(path.parent), name
             measured[work_name(name, d)] = res
+    for extra in map(Path, args.also_publish):  # read only, never measured again
+        for d in args.draft_tokens:
+            for name in models(Path(args.sweep_dir), args.seeds, args.sft):
+                path = extra / work_name(name, d) / "speculate.json"
+                if path.is_file():
+                    res = json.loads(path.read_text())
+                    res["_dir"], res["_name"] = str(path.parent), name
+                    measured[f"{work_name(name, d)}-{extra.name}"] = res
+    args.agreement = agreement_over_seeds(args) if args.agreement_seeds else None
     print(publish(measured, args).read_text())
 
 
