@@ -88,7 +88,7 @@ import yaml
 from lit_idpo.errors import ConfigError, UserError
 from lit_idpo.evaluation.statistics import compare_over_seeds, verdict
 from lit_idpo.storage import atomic_write_json, atomic_write_text, read_json_or
-from lit_idpo.sweep_report import format_sweep_markdown, plot_sweep
+from lit_idpo.sweep_report import format_sweep_markdown, plot_sweep, write_sweep_plot
 from lit_idpo.sweep_seeds import eval_name, run_key, summarize_seeds
 from lit_idpo.sweep_spec import (
     DPO,
@@ -360,7 +360,7 @@ class Sweep:
         summary = self.summarize(results) if self.spec.seeds is None else summarize_seeds(self, results)
         atomic_write_json(self.out / "sweep_results.json", summary)
         atomic_write_text(self.out / "sweep_results.md", format_sweep_markdown(summary) + "\n")
-        plot_sweep(summary, self.out / "sweep_plot.png")
+        write_sweep_plot(summary, self.out / "sweep_plot.png")
         return summary
 
     def summarize(self, results: Mapping[str, Any]) -> Dict[str, Any]:

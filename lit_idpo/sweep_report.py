@@ -7,13 +7,14 @@ Both read the summary that :meth:`lit_idpo.sweep.Sweep.summarize` (one run per s
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from lit_idpo.storage import atomic_write
 from lit_idpo.sweep_spec import DPO, SFT
 
-__all__ = ["format_seeds_markdown", "format_sweep_markdown", "plot_sweep"]
+__all__ = ["format_seeds_markdown", "format_sweep_markdown", "plot_sweep", "write_sweep_plot"]
 
 
 def _cell(p: Optional[Mapping[str, Any]]) -> str:
@@ -180,6 +181,17 @@ def _seed_panels(axes, summary: Mapping[str, Any], rows: List[Mapping[str, Any]]
         ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.grid(alpha=0.3)
+
+
+def write_sweep_plot(summary: Mapping[str, Any], path: Path) -> Optional[Path]:
+    """:func:`plot_sweep`, or None and a note on stderr when matplotlib (the optional ``[plot]`` extra) is missing:
+    the sweep's tables are written either way, so a finished sweep does not end in a traceback."""
+    try:
+        return plot_sweep(summary, path)
+    except ImportError:
+        print(f"lit-idpo sweep: {path.name} not written: matplotlib is not installed (pip install 'lit-idpo[plot]')",
+              file=sys.stderr)
+        return None
 
 
 def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:

@@ -373,3 +373,15 @@ def test_without_the_switch_the_fit_config_and_generation_device_apply(tmp_path)
 def test_a_bad_accelerator_names_the_key_and_the_fix(tmp_path, extra, message):
     with pytest.raises(ConfigError, match=message):
         sw.load_spec(_write(tmp_path, {**BASE, **extra}))
+
+
+def test_a_missing_matplotlib_skips_the_sweep_plot_with_the_install_hint(tmp_path, monkeypatch, capsys):
+    from lit_idpo import sweep_report
+
+    def no_matplotlib(summary, path):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(sweep_report, "plot_sweep", no_matplotlib)
+    assert sweep_report.write_sweep_plot({}, tmp_path / "sweep_plot.png") is None
+    assert not (tmp_path / "sweep_plot.png").exists()
+    assert "pip install 'lit-idpo[plot]'" in capsys.readouterr().err
