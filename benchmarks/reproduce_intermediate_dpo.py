@@ -13,6 +13,7 @@ worth committing into ``benchmarks/reproduction/``:
 - ``RESULTS.md``: the table, a one-line reading of every interval, the wall time, the machine;
 - ``sweep_results.json``, ``sweep_plot.png``, ``evaluation.md`` / ``evaluation.json`` (every pair,
   per-model accuracy, implicit-reward accuracy per layer);
+- ``responses/``: every model's generated responses (one JSONL file per model);
 - ``commands.txt``: the sweep command and each training run's exact ``lit-idpo fit`` command;
 - ``timings.json``: wall time of every invocation and of every training run.
 
@@ -102,6 +103,8 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
         shutil.copy2(out / name, dest / name)
     shutil.copy2(out / "eval" / "results.md", dest / "evaluation.md")
     shutil.copy2(out / "eval" / "results.json", dest / "evaluation.json")
+    if (out / "eval" / "responses").is_dir():  # every model's generated responses (JSONL per model)
+        shutil.copytree(out / "eval" / "responses", dest / "responses", dirs_exist_ok=True)
     sweep = Sweep(load_spec(config, str(out)))
     relative = lambda text: text.replace(str(ROOT) + os.sep, "")
     commands = [f"lit-idpo sweep --config {relative(str(config))} --output_dir {relative(str(out))}", "",
@@ -111,7 +114,8 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     (dest / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     env = environment()
     total = sum(t["seconds"] for t in timings["invocations"])
-    fit_total = sum(r.get("fit_seconds") or 0 for r in summary["rows"])
+    fit_total = sum(r.get("fit_seconds") or 0 for r in summary["rows"])  # over seeds too: a seeded row sums them
+    trainings = len(summary["rows"]) * (len(summary["seeds"]) if "seeds" in summary else 1)
     title = "Seed study" if "seeds" in summary else "Reproduction in miniature"
     lines = [f"# {title}: results", "",
              f"Written by `benchmarks/reproduce_intermediate_dpo.py` on {time.strftime('%Y-%m-%d')}. "
@@ -128,7 +132,7 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
                          f"{reading(r['vs_dpo'], 'DPO')}; {reading(r['vs_sft'], 'SFT')}.")
     lines += ["", "![win rates](sweep_plot.png)", "", "## Wall time", "",
               f"- Total over {len(timings['invocations'])} invocation(s): **{total / 60:.1f} min** "
-              f"(training {fit_total / 60:.1f} min over {len(summary['rows'])} runs; the rest is model loading, "
+              f"(training {fit_total / 60:.1f} min over {trainings} trainings; the rest is model loading, "
               f"generation, judging and the implicit-reward pass).",
               f"- Machine: {env['cpu']} ({env['cpu_count']} CPUs, {env['torch_threads']} torch threads), "
               f"GPU: {env['cuda'] or 'none'}; Python {env['python']}, torch {env['torch']}, transformers "
