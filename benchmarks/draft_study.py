@@ -51,49 +51,44 @@ def work_name(name: str, draft_tokens: int) -> str:
     return f"{name.replace('@', '_').replace('+', '_')}_d{draft_tokens}"
 
 
-def measure(name: str, source: str, work: Path, draft_tokens: int, args) -> Dict[str, Any]:
+def _speculate_once(label: str, source: str, out: Path, settings: Dict[str, Any], options) -> Dict[str, Any]:
+    """``speculate`` on ``settings["limit"]`` held-out prompts into ``out``, unless a run with the same
+    ``settings`` is already there."""
     from lit_idpo.evaluation.options import DataOptions
-    from lit_idpo.speculate import SpeculateOptions, speculate
+    from lit_idpo.speculate import speculate
+
+    path = out / "speculate.json"
+    if path.is_file():
+        done = json.loads(path.read_text())
+        if done.get("study_settings") == settings:
+            return done
+    started = time.perf_counter()
+    results = speculate(source, out, layers=settings["layers"], options=options, progress=False,
+                        data=DataOptions(source="bundled:arithmetic", split="test", limit=settings["limit"]))
+    results["study_settings"], results["study_seconds"] = settings, round(time.perf_counter() - started, 1)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"{label}: {results['study_seconds']} s", flush=True)
+    return results
+
+
+def measure(name: str, source: str, work: Path, draft_tokens: int, args) -> Dict[str, Any]:
+    from lit_idpo.speculate import SpeculateOptions
 
     options = SpeculateOptions(max_new_tokens=args.max_new_tokens, num_assistant_tokens=draft_tokens,
                                transformers_early_exit="transformers" in args.decoders,
                                shared_cache="shared_cache" in args.decoders)
-    out = work / work_name(name, draft_tokens)
-    path = out / "speculate.json"
     settings = {"layers": args.layers, "limit": args.prompts, "settings": options.__dict__}
-    if path.is_file():
-        done = json.loads(path.read_text())
-        if done.get("study_settings") == settings:
-            return done
-    started = time.perf_counter()
-    results = speculate(source, out, layers=args.layers, options=options, progress=False,
-                        data=DataOptions(source="bundled:arithmetic", split="test", limit=args.prompts))
-    results["study_settings"], results["study_seconds"] = settings, round(time.perf_counter() - started, 1)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"{name}: {results['study_seconds']} s", flush=True)
-    return results
+    return _speculate_once(name, source, work / work_name(name, draft_tokens), settings, options)
 
 
 def measure_agreement(name: str, source: str, args) -> Dict[str, Any]:
     """Teacher-forced agreement only (``draft_decoding`` off: one plain greedy decoding per prompt), resumable."""
-    from lit_idpo.evaluation.options import DataOptions
-    from lit_idpo.speculate import SpeculateOptions, speculate
+    from lit_idpo.speculate import SpeculateOptions
 
     out = Path(args.work_dir).parent / "draft_agreement" / work_name(name, 0)
-    path = out / "speculate.json"
     settings = {"layers": args.layers, "limit": args.agreement_prompts, "max_new_tokens": args.max_new_tokens}
-    if path.is_file():
-        done = json.loads(path.read_text())
-        if done.get("study_settings") == settings:
-            return done
-    started = time.perf_counter()
-    results = speculate(source, out, layers=args.layers, progress=False,
-                        options=SpeculateOptions(max_new_tokens=args.max_new_tokens, draft_decoding=False),
-                        data=DataOptions(source="bundled:arithmetic", split="test", limit=args.agreement_prompts))
-    results["study_settings"], results["study_seconds"] = settings, round(time.perf_counter() - started, 1)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"agreement {name}: {results['study_seconds']} s", flush=True)
-    return results
+    options = SpeculateOptions(max_new_tokens=args.max_new_tokens, draft_decoding=False)
+    return _speculate_once(f"agreement {name}", source, out, settings, options)
 
 
 def agreement_over_seeds(args) -> Dict[str, Any]:

@@ -313,7 +313,8 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
             for key in order[1:]:
                 if outputs[key] != plain:
                     layer = path.num_layers if key == "same_loop" else exit_layers[key[1]]
-                    how = "transformers' assistant_early_exit" if key[0] == "transformers" else "the shared-cache loop"
+                    how = ("transformers' assistant_early_exit" if key != "same_loop" and key[0] == "transformers"
+                           else "the shared-cache loop")
                     raise OutputMismatchError(mismatch_message(
                         p, prompts[p].index, layer, plain, outputs[key], gap.cpu().tolist(), tokenizer,
                         near_tie=_NEAR_TIE[options.dtype], implementation=how))

@@ -178,9 +178,6 @@ class _LayerCache:
         self.keys[layer_idx], self.values[layer_idx] = key, value
         return key, value
 
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0 if self.keys[layer_idx] is None else self.keys[layer_idx].shape[-2]
-
     def crop(self, length: int) -> None:
         """Keep the first ``length`` positions of every layer."""
         for i, key in enumerate(self.keys):
@@ -208,7 +205,7 @@ class SharedCacheDecoder:
 
         path = find_head_path(model)
         backbone = path.backbone
-        self.model, self.device = model, model.device
+        self.device = model.device
         self.embed, self.blocks = model.get_input_embeddings(), backbone.layers
         self.rotary, self.final_norm, self.lm_head = backbone.rotary_emb, path.final_norm, path.lm_head
         self.num_layers = path.num_layers
