@@ -71,8 +71,9 @@ class PreferenceDataModule(pl.LightningDataModule):
             / ``.parquet`` / ``.csv`` file (read as the one split ``train``).
         train_split: Split to train on (``train_prefs`` for UltraFeedback).
         val_split: Split to validate on (``test_prefs`` for UltraFeedback); null for no validation.
-        data_files: Passed to ``datasets.load_dataset`` for a directory, builder or Hub source: a file,
-            a list of files, or a mapping from split name to file(s).
+        data_files: For a directory, builder or Hub source, as ``datasets.load_dataset`` takes it: a file,
+            a list of files, or a mapping from split name to file(s). Local uncompressed files are read by
+            lit-idpo's own reader (errors name the file and line); the rest by ``datasets``.
         subset: Dataset configuration name (``name=`` of ``datasets.load_dataset``), if the source has several.
         format: Row format: ``standard`` (string prompt / chosen / rejected), ``conversational``
             (message-list prompt, assistant-message-list completions), ``implicit`` (chosen / rejected are

@@ -6,24 +6,29 @@ came from as the user counts it (``pairs.jsonl, line 7``), so a bad row's error 
 Local ``.json`` / ``.jsonl`` files (and the bundled task) are read here with Python's ``json`` module
 rather than through ``datasets``: each row stays exactly as written (a field of the wrong type gets an
 error naming it instead of an Arrow cast error), and an unreadable file, invalid JSON or non-UTF-8 text
-gets an error naming the file, the line and the fix. Other sources go through ``datasets.load_dataset``,
-whose failures (no such dataset, offline, no data files) are reported as one-line :class:`DataError`\\ s.
+gets an error naming the file, the line and the fix. Local files named the ``datasets`` way
+(``source: json`` / ``csv`` / ``parquet`` or a directory, with ``data_files``; see
+:mod:`lit_idpo.data.data_files`) are read by the same reader, one after the other, so their errors are the
+same. Other sources go through ``datasets.load_dataset``, whose failures (no such dataset, offline, no data
+files, a file it cannot parse) are reported as one-line :class:`DataError`\\ s.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from bisect import bisect_right
 from collections.abc import Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from lit_idpo.data.data_files import FILE_BUILDERS as _FILE_BUILDERS
+from lit_idpo.data.data_files import is_plain_split, local_split_files, patterns_for_split
 from lit_idpo.errors import ConfigError, DataError
 from lit_idpo.models import looks_like_local_path
 
 BUNDLED_PREFIX = "bundled:"
-#: File suffix -> ``datasets`` builder for local files (JSON files are read directly, see ``read_json_rows``).
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 _JSON_WHITESPACE = " \t\n\r"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -73,9 +78,10 @@ def _decode(path: Path, data: bytes) -> str:
                         f"save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in > out)") from None
 
 
-def _read_text(path: Path) -> str:
+def _read_bytes(path: Path, read: Callable[[], bytes]) -> bytes:
+    """``read()`` (the file's bytes); a DataError naming the file and the fix when it cannot be read."""
     try:
-        data = path.read_bytes()
+        return read()
     except PermissionError:
         raise DataError(f"{path}: cannot be read (permission denied); make it readable "
                         f"(chmod +r {path}) or copy it somewhere readable") from None
@@ -84,7 +90,10 @@ def _read_text(path: Path) -> str:
                         f".parquet / .csv file, or at a directory of split files") from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err}); check the file") from None
-    return _decode(path, data)
+
+
+def _read_text(path: Path) -> str:
+    return _decode(path, _read_bytes(path, path.read_bytes))
 
 
 def _line_of(text: str, offset: int) -> int:
@@ -118,7 +127,8 @@ def read_json_rows(path: Path) -> SourceRows:
     is not UTF-8, or invalid JSON. Blank lines of a JSON-lines file are skipped.
     """
     text = _read_text(path)
-    if path.suffix.lower() == ".json" and text.lstrip(_JSON_WHITESPACE).startswith("["):
+    # A list of rows, as datasets' json builder reads any file but a .jsonl one that starts with "[".
+    if path.suffix.lower() != ".jsonl" and text.lstrip(_JSON_WHITESPACE).startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as err:
@@ -155,6 +165,101 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of what went wrong, looking past datasets' "An error occurred while generating the dataset"."""
+    from datasets.exceptions import DatasetGenerationError
+
+    if isinstance(err, DatasetGenerationError) and err.__cause__ is not None:
+        err = err.__cause__
+    return _first_line(err)
+
+
+def _no_rows(path: Path, what: str = "it is empty or blank") -> DataError:
+    return DataError(f"{path}: the file holds no rows ({what}); fill it with preference rows "
+                     f"(prompt, chosen, rejected), or use another file")
+
+
+def _read_head(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(1)
+
+
+def _read_table(path: Path, builder: str) -> SourceRows:
+    """The rows of a CSV or Parquet file, read by ``datasets``, each named by its data row."""
+    if builder == "csv":  # unreadable, non-UTF-8 or blank text: name the file (and line), as for JSON
+        lines = [line for line in _read_text(path).splitlines() if line.strip()]
+        if len(lines) <= 1:
+            raise _no_rows(path, "only a header line" if lines else "it is empty or blank")
+    else:
+        if not _read_bytes(path, lambda: _read_head(path)):
+            raise _no_rows(path, "it is 0 bytes")
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception as err:  # not Parquet, or cut short
+            raise DataError(f"{path}: cannot be read as parquet ({_first_line(err)}); check the file") from err
+        if rows == 0:
+            raise _no_rows(path, "its table has 0 rows")
+    import datasets
+
+    try:
+        table = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train")
+    except Exception as err:  # Arrow / pandas parse errors: the file's content is at fault
+        raise DataError(f"{path}: cannot be read as {builder} ({_reason(err)}); check the file") from err
+    where = "data row {} (1-based, not counting the header line)" if builder == "csv" else "row {} (1-based)"
+    return SourceRows(table, lambda i: f"{path}, " + where.format(i + 1))
+
+
+def _read_file(path: Path, builder: str) -> SourceRows:
+    """The rows of one local file, read as ``builder`` (json, csv, parquet); a DataError if it holds none."""
+    rows = read_json_rows(path) if builder == "json" else _read_table(path, builder)
+    if len(rows) == 0:
+        raise _no_rows(path)
+    return rows
+
+
+class _Chain(Sequence):
+    """Several files' rows one after the other, each row still named by its own file and line."""
+
+    def __init__(self, parts: List[SourceRows]):
+        self.parts = parts
+        self.starts = list(accumulate([len(part) for part in parts], initial=0))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _part(self, index: int):
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect_right(self.starts, index) - 1
+        return self.parts[k], index - self.starts[k]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        part, local = self._part(index)
+        return part[local]
+
+    def __iter__(self):
+        for part in self.parts:
+            yield from part
+
+    def where(self, index: int) -> str:
+        part, local = self._part(index)
+        return part.where(local)
+
+
+def _read_files(files) -> SourceRows:
+    parts = [_read_file(path, builder) for path, builder in files]
+    if len(parts) == 1:
+        return parts[0]
+    chain = _Chain(parts)
+    return SourceRows(chain, chain.where)
+
+
 def _load_file(source: str, path: Path, split: str, data_files) -> SourceRows:
     builder = _FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
@@ -168,37 +273,23 @@ def _load_file(source: str, path: Path, split: str, data_files) -> SourceRows:
         raise ConfigError(f"data.source={source!r} is a single file, read as the one split 'train', but split "
                           f"{split!r} was asked for; set train_split: train and val_split: null, or point source at "
                           f"a directory with one file per split (train.jsonl, test.jsonl), or use data_files")
-    if builder == "json":
-        rows = read_json_rows(path)
-    else:
-        if builder == "csv":  # unreadable or non-UTF-8 text: name the file and line, as for JSON
-            _read_text(path)
-        import datasets
-
-        try:
-            table = datasets.load_dataset(builder, data_files={"train": str(path)}, split="train")
-        except Exception as err:  # Arrow / pandas parse errors: the file's content is at fault
-            raise DataError(f"{path}: cannot be read as {builder} ({_first_line(err)}); check the file") from err
-        where = ("data row {} (1-based, not counting the header line)" if builder == "csv"
-                 else "row {} (1-based)")
-        rows = SourceRows(table, lambda i: f"{path}, " + where.format(i + 1))
-    if len(rows) == 0:
-        raise DataError(f"{path}: the file holds no rows (it is empty or blank); fill it with preference rows "
-                        f"(prompt, chosen, rejected) or point data.source at another file")
-    return rows
+    return _read_file(path, builder)
 
 
 def _load_with_datasets(source: str, split: str, data_files, subset: Optional[str]) -> SourceRows:
     import datasets
 
     is_dir = Path(source).expanduser().is_dir()
+    what = f"data.source={source!r}" + (f", data.data_files={data_files!r}" if data_files is not None else "")
     try:
         table = datasets.load_dataset(source, name=subset, data_files=data_files, split=split)
     except ValueError as err:
         if "split" in str(err).lower():
             raise ConfigError(f"data.source={source!r} has no split {split!r} ({_first_line(err)}); set "
                               f"data.train_split / data.val_split to splits it has") from err
-        raise
+        # e.g. pyarrow.ArrowInvalid (a ValueError) for a file that is not Parquet
+        raise DataError(f"{what}: cannot read split {split!r} ({_reason(err)}); check the data files (an "
+                        f"uncompressed local file is read by lit-idpo itself, and its errors name the line)") from err
     except OSError as err:  # no such dataset or data files, Hub unreachable, offline mode
         if is_dir:
             fix = ("put the data files in it (e.g. train.jsonl and test.jsonl, one per split), or point "
@@ -207,6 +298,10 @@ def _load_with_datasets(source: str, split: str, data_files, subset: Optional[st
             fix = ("check the dataset id and data.data_files; a Hub dataset needs network access, or to be "
                    "in the local Hugging Face cache when HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set")
         raise DataError(f"data.source={source!r}: cannot load split {split!r} ({_first_line(err)}); {fix}") from err
+    except (datasets.exceptions.DatasetGenerationError, StopIteration) as err:  # a file it cannot parse, or empty
+        reason = "a data file holds no rows" if isinstance(err, StopIteration) else _reason(err)
+        raise DataError(f"{what}: cannot read split {split!r} ({reason}); check the data files (an uncompressed "
+                        f"local file is read by lit-idpo itself, and its errors name the line)") from err
     origin = f"directory {source}" if is_dir else f"dataset {source!r}"
     return SourceRows(table, lambda i: f"{origin}, split {split!r}, row {i} (0-based dataset index)")
 
@@ -222,8 +317,14 @@ def load_split(source: str, split: str, *, data_files=None, subset: Optional[str
     path = Path(source).expanduser()
     if path.is_file():
         return _load_file(source, path, split, data_files)
+    if data_files is not None:  # local files named the datasets way: read as a single file is read
+        files = local_split_files(source, split, data_files, subset)
+        if files is not None:
+            return _read_files(files)
     if not path.exists() and (looks_like_local_path(source) or path.suffix.lower() in _FILE_BUILDERS):
         raise DataError(f"data.source={source!r}: no such file or directory ({path.absolute()}); check the path "
                         f"(a relative path is read from the current directory, {os.getcwd()})")
+    if data_files is not None and subset is None and is_plain_split(split):
+        patterns_for_split(data_files, split)  # a split that data_files lacks: a ConfigError naming the field
     return _load_with_datasets(source, split, data_files, subset)
 

@@ -25,7 +25,7 @@ class DataOptions:
         source: as the data module's ``source``: ``bundled:arithmetic``, a Hub dataset id, a local
             directory, a ``datasets`` builder name with ``data_files``, or one local file.
         split: the held-out split (``test`` for ``bundled:arithmetic``, ``test_prefs`` for UltraFeedback).
-        data_files: passed to ``datasets.load_dataset`` (a file, a list, or split -> files).
+        data_files: as the data module's ``data_files`` (a file, a list, or split -> files).
         subset: the dataset configuration name, if it has several.
         format: ``auto``, ``standard``, ``conversational`` or ``implicit`` (see :mod:`lit_idpo.data`).
         limit: keep only the first this-many usable prompts (null: all).
