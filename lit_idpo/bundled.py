@@ -4,15 +4,18 @@ Each row asks ``"What is 41 + 35? Answer briefly."``; ``chosen`` answers in the 
 SmolLM2-135M-Instruct itself uses for such prompts (``"41 + 35 = 76."``) and ``rejected`` is the same
 sentence with a plausible wrong result (a dropped carry or borrow, off by one or ten, swapped digits,
 one multiple too many or too few). Because the true result is stored (``answer``), any response can
-be judged by rule: :func:`extract_answer` reads the integer a response states and :func:`is_correct`
-compares it with the answer. No model and no API are needed to build or judge the task.
+be judged by rule: :func:`lit_idpo.evaluation.is_correct` reads the result a response states for the
+asked expression and compares it with the answer (this module's :func:`extract_answer` and :func:`is_correct`
+are the older ``last_equation`` reading, kept for comparison). No model and no API are needed to build or
+judge the task.
 
 Generation is deterministic from a seed (pure-Python ``random.Random``): every arithmetic fact of each
 category is enumerated in a fixed order, shuffled, and the first ``count`` are taken; no fact appears
 twice in the data (``a + b`` and ``b + a`` count as the same fact), so no test prompt, nor its swapped
 twin, is in the training split. The mix of categories (:data:`CATEGORIES`) was tuned so that the
 untuned model is clearly imperfect: SmolLM2-135M-Instruct answers 59 of the 200 test prompts correctly
-(29.5 %, greedy, 16 new tokens; details in ``scripts/make_bundled_data.py``).
+(29.5 %, greedy, 16 new tokens, by the ``last_equation`` reading; details in
+``scripts/make_bundled_data.py``).
 
 Row fields: ``id``, ``prompt``, ``chosen``, ``rejected``, ``answer`` (int), ``wrong_answer`` (int,
 the result ``rejected`` states), ``category``, ``mistake`` (how the wrong result was made).
@@ -22,15 +25,15 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from lit_idpo.errors import ConfigError
+from lit_idpo.evaluation.answer_reading import is_correct_last_equation, last_equation_answer
 
 #: ``arithmetic``: templated pairs built here; ``arithmetic_onpolicy``: the model's own sampled responses on the
-#: same prompts, labelled by :func:`is_correct` (``scripts/make_onpolicy_data.py``; :mod:`lit_idpo.onpolicy`).
+#: same prompts, labelled by the answer checker (``scripts/make_onpolicy_data.py``; :mod:`lit_idpo.onpolicy`).
 TASKS = ("arithmetic", "arithmetic_onpolicy")
 SPLITS = ("train", "test")
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -227,42 +230,8 @@ def load_rows(task: str, split: str) -> List[dict]:
 # Judging
 # --------------------------------------------------------------------------------------------------
 
-# An integer or decimal with optional thousands commas ("1,015"), optionally signed.
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
-
-
-def _numbers(text: str) -> List[Optional[int]]:
-    """The numbers a text states, in order, as ints (None for a non-integer such as 2.5)."""
-    out: List[Optional[int]] = []
-    for match in _NUMBER.finditer(text):
-        token = match.group()
-        # A minus right after a digit or letter is an operator ("10-5" states 10 and 5), not a sign.
-        if token.startswith("-") and match.start() > 0 and text[match.start() - 1].isalnum():
-            token = token[1:]
-        token = token.replace(",", "")
-        whole, _, fraction = token.partition(".")
-        out.append(None if fraction.strip("0") else int(whole))
-    return out
-
-
-def extract_answer(response: str) -> Optional[int]:
-    """The integer result a response states, or None if it states none.
-
-    If the response contains ``=``, the first number after the last ``=`` is its result
-    (``"41 + 35 = 76."`` -> 76, ``"41 + 35 = 70 + 6 = 76"`` -> 76); otherwise the last number in it
-    (``"The answer is 76."`` -> 76). Thousands commas are read (``"1,015"`` -> 1015); a decimal with a
-    non-zero fraction states no integer (None); ``"42.0"`` -> 42.
-    """
-    if not isinstance(response, str):
-        raise TypeError(f"response must be a string, got {type(response).__name__}")
-    if "=" in response:
-        found = _numbers(response[response.rindex("=") + 1:])
-        if found:
-            return found[0]
-    found = _numbers(response)
-    return found[-1] if found else None
-
-
-def is_correct(response: str, answer: int) -> bool:
-    """Whether the response states the right integer result (see :func:`extract_answer`)."""
-    return extract_answer(response) == int(answer)
+# The reading before issue 19 (``last_equation``), under its old names: the published tables were scored with
+# it, and it stays selectable for comparison (``judge.extraction: last_equation``). The rule judge's default
+# reading, the result stated for the asked expression, is :func:`lit_idpo.evaluation.is_correct`.
+extract_answer = last_equation_answer
+is_correct = is_correct_last_equation

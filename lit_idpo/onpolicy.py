@@ -3,7 +3,8 @@
 ``bundled:arithmetic_onpolicy`` is built the way practitioners build preference data for a verifiable
 task: for each prompt, several responses are sampled from the model that will be trained
 (SmolLM2-135M-Instruct, see ``scripts/make_onpolicy_data.py``), each is labelled right or wrong by
-:func:`lit_idpo.bundled.is_correct`, and one (right, wrong) pair is kept per prompt. The prompts are the
+:func:`lit_idpo.evaluation.is_correct` (the result it states for the asked expression; a sample cut at
+the token limit is never right), and one (right, wrong) pair is kept per prompt. The prompts are the
 bundled arithmetic task's: training prompts come from its ``train`` split, held-out prompts from its
 ``test`` split, so the two never share a fact. Generation-based evaluation uses all 200 prompts of
 ``bundled:arithmetic``'s test split (the held-out pairs here only exist for the prompts that gave one).
@@ -21,7 +22,7 @@ import random
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from lit_idpo import bundled
+from lit_idpo.evaluation.answer_reading import read_answer
 
 TASK = "arithmetic_onpolicy"
 
@@ -33,10 +34,19 @@ REASONS = {
 }
 
 
-def label(response: str, answer: int) -> Dict[str, Any]:
-    """What the checker reads in one response: the stated integer (or None) and whether it is right."""
-    stated = bundled.extract_answer(response)
-    return {"stated": stated, "correct": stated == int(answer)}
+def label(response: str, answer: int, *, prompt: str, complete: bool) -> Dict[str, Any]:
+    """What the checker reads in one response: the integer it states (or None) and whether it is right.
+
+    ``correct`` is :func:`lit_idpo.evaluation.is_correct`'s verdict, and never true for a response that
+    was cut at the token limit (``complete`` false): its answer is not settled. ``stated`` is the first
+    wrong result it states for the asked expression, else its first result, else None (a non-integer
+    result is None too); it becomes a pair's ``wrong_answer``.
+    """
+    answer = int(answer)
+    reading = read_answer(response, prompt=prompt, truncated=not complete)
+    wrong = [r for r in reading.results if r != answer]
+    stated = wrong[0] if wrong else (reading.results[0] if reading.results else None)
+    return {"stated": stated, "correct": bool(complete) and reading.correct(answer)}
 
 
 def _pick(rng: random.Random, samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:

@@ -53,6 +53,12 @@ def _seed_cell(c: Optional[Mapping[str, Any]], signed: bool = False) -> str:
     return f"{fmt(c['mean'])} {interval}{boot}; seeds: {', '.join(fmt(v) for v in c['per_seed'])}"
 
 
+def _judge_label(judge: Mapping[str, Any]) -> str:
+    """The judge as reports name it; the rule judge with its answer reading (issue 19: part of the result)."""
+    label = f"`{judge['name']}`"
+    return label + (f" (answer reading `{judge['extraction']}`)" if judge.get("extraction") else "")
+
+
 def format_seeds_markdown(summary: Mapping[str, Any]) -> str:
     """The table of a sweep over seeds: per arm and comparison, mean over seeds, intervals, per-seed values, verdict."""
     conf = round(100 * summary["confidence"])
@@ -60,7 +66,7 @@ def format_seeds_markdown(summary: Mapping[str, Any]) -> str:
     is_rule = summary["judge"]["name"] == "rule"
     lines = [f"Base model `{summary['base_model']}` ({summary['num_layers']} layers); {summary['prompts']['prompts']} "
              f"prompts from split `{summary['prompts']['split']}` of `{summary['prompts']['source']}`; judge "
-             f"`{summary['judge']['name']}`; {len(seeds)} training seeds {seeds} (each arm trained once per seed, "
+             f"{_judge_label(summary['judge'])}; {len(seeds)} training seeds {seeds} (each arm trained once per seed, "
              f"paired with the same seed's DPO). Each cell: mean over seeds of the per-seed values (%), its {conf} % "
              f"interval over training runs (Student-t over the seeds), the two-level bootstrap (seeds, then "
              f"prompts) in parentheses, and the per-seed values. The verdict reads the t-interval.", ""]
@@ -110,7 +116,7 @@ def format_sweep_markdown(summary: Mapping[str, Any]) -> str:
     score_label = "accuracy (%)" if is_rule else "mean score"
     lines = [f"Base model `{summary['base_model']}` ({summary['num_layers']} layers); {summary['prompts']['prompts']} "
              f"prompts from split `{summary['prompts']['split']}` of `{summary['prompts']['source']}`; judge "
-             f"`{summary['judge']['name']}`; win rate (%) of the row's model with its {conf} % interval "
+             f"{_judge_label(summary['judge'])}; win rate (%) of the row's model with its {conf} % interval "
              f"(t over prompts; W: Wilson, all prompts scored alike); W/T/L counts judgments in both orders.", ""]
     lines.append(f"| run | layers | K | gamma | vs DPO | W/T/L vs DPO | vs SFT | W/T/L vs SFT | {score_label} | "
                  f"implicit acc. final (%) | implicit acc. at its layers (%) | fit (s) |")
@@ -269,7 +275,7 @@ def plot_sweep(summary: Mapping[str, Any], path: Path) -> Path:
             ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(3, len(handles)))
     if seeded:
         _seed_panels([panels["win"], panels["acc"], panels["imp"]], summary, rows, markers)
-    judge = summary["judge"]["name"]
+    judge = _judge_label(summary["judge"]).replace("`", "")
     fig.suptitle(f"Intermediate DPO vs DPO and vs SFT: {summary['base_model']}, judge {judge}, "
                  f"{summary['prompts']['prompts']} prompts" + (
                      f"; {len(summary['seeds'])} seeds (small points: per seed; bars: mean and interval over "

@@ -93,7 +93,8 @@ def sample(rows_by_split: Dict[str, List[dict]], args) -> List[dict]:
                     response = tokenizer.decode(kept, skip_special_tokens=True).strip()
                     records.append({"split": split, "prompt_id": row["id"], "sample": i % args.samples,
                                     "response": response, "complete": complete, "tokens": len(kept),
-                                    **onpolicy.label(response, row["answer"])})
+                                    **onpolicy.label(response, row["answer"], prompt=row["prompt"],
+                                                     complete=complete)})
                 cache.append([(key, {"records": records})])
                 done[key] = {"records": records}
                 print(f"{split}: {min(b + args.batch_prompts, len(rows))}/{len(rows)} prompts sampled, "
@@ -102,8 +103,19 @@ def sample(rows_by_split: Dict[str, List[dict]], args) -> List[dict]:
     return out
 
 
+def relabel(samples: List[dict], rows_by_split: Dict[str, List[dict]]) -> List[dict]:
+    """The samples labelled afresh by the current checker (:func:`lit_idpo.onpolicy.label`), whatever they held.
+
+    So that a rebuild from shipped or cached samples never keeps labels an older checker wrote.
+    """
+    rows = {row["id"]: row for split_rows in rows_by_split.values() for row in split_rows}
+    return [{**s, **onpolicy.label(s["response"], rows[s["prompt_id"]]["answer"], prompt=rows[s["prompt_id"]]["prompt"],
+                                   complete=s["complete"])} for s in samples]
+
+
 def build(samples: List[dict], rows_by_split: Dict[str, List[dict]], seed: int) -> Dict[str, str]:
-    """The text of every shipped file, from the samples."""
+    """The text of every shipped file, from the samples (relabelled by the current checker)."""
+    samples = relabel(samples, rows_by_split)
     texts, stats = {}, {"model": MODEL, "sampling": SAMPLING, "seed": seed}
     for split, rows in rows_by_split.items():
         pairs, split_stats = onpolicy.build_pairs(split, rows, [s for s in samples if s["split"] == split], seed)

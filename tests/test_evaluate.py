@@ -512,6 +512,7 @@ TWO = ["--model", "a=tiny-llama", "--model", "b=tiny-gpt2", "--output_dir", "x"]
     (TWO + ["--judge.temperature", "0.5"], r"does not read judge option\(s\) judge.temperature"),
     (TWO + ["--judge.colour", "red"], r"unrecognized arguments: --judge.colour.*--help"),
     (TWO + ["--data.limit", "0"], r"data.limit=0; it must be an integer >= 1"),
+    (TWO + ["--judge.extraction", "first"], r"judge.extraction='first' is unknown; choose one of asked_expression"),
     (["--output_dir", "x"], r"required: model"),
 ])
 def test_cli_errors_name_the_fix(argv, message):
@@ -527,6 +528,13 @@ def test_real_cli_prints_a_config_error_in_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.startswith("lit-idpo: error: judge.name='gpt4' is unknown")
     assert "Traceback" not in result.stderr
+
+
+def test_cli_selects_the_answer_reading():
+    base = ["--model", "a", "--model", "b", "--output_dir", "o"]
+    assert ev.judge_from_args(ev.build_parser().parse_args(base)).extraction == "asked_expression"
+    args = ev.build_parser().parse_args(base + ["--judge.extraction", "last_equation"])
+    assert ev.judge_from_args(args).extraction == "last_equation"
 
 
 def test_cli_old_spellings_still_read():
@@ -556,7 +564,7 @@ def test_cli_evaluate_with_the_example_config(tmp_path, capsys):
     [pair] = results["pairs"]
     assert (pair["first"], pair["second"], pair["prompts"]) == ("llama", "qwen2", config["data"]["limit"])
     assert results["generation"]["max_new_tokens"] == config["generation"]["max_new_tokens"]
-    assert results["judge"] == {"name": "rule", "answer_field": "answer"}
+    assert results["judge"] == {"name": "rule", "answer_field": "answer", "extraction": "asked_expression"}
     assert "| llama | qwen2 |" in capsys.readouterr().out
 
 

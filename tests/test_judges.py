@@ -42,9 +42,51 @@ def test_rule_judge(a, b, winner):
 
 def test_rule_judge_needs_the_answer_field():
     with pytest.raises(ValueError, match=r"no 'answer' field.*judge.answer_field"):
-        RuleJudge().judge([Comparison("q", "1", "2", {"id": 3})])
-    [verdict] = RuleJudge(answer_field="result").judge([Comparison("q", "1", "2", {"result": 2})])
+        RuleJudge().judge([Comparison("What is 1 + 1?", "1", "2", {"id": 3})])
+    [verdict] = RuleJudge(answer_field="result").judge([Comparison("What is 1 + 1?", "1", "2", {"result": 2})])
     assert verdict.winner == "B"
+
+
+RUN_ON = "962 + 3 = 965\n965 + 3 = 968"  # issue 19: right for 962 + 3, but its last equation states 968
+
+
+def test_rule_judge_reads_the_asked_expression_by_default_and_the_last_equation_on_request():
+    c = Comparison("What is 962 + 3? Answer briefly.", RUN_ON, "962 + 3 = 966", {"answer": 965})
+    assert RuleJudge().extraction == "asked_expression"
+    assert RuleJudge().judge([c])[0].winner == "A"  # only A is right
+    assert RuleJudge(extraction="last_equation").judge([c])[0].winner == "tie"  # both read as wrong
+    assert RuleJudge().describe() == {"name": "rule", "answer_field": "answer", "extraction": "asked_expression"}
+    assert RuleJudge(extraction="last_equation").describe()["extraction"] == "last_equation"
+    with pytest.raises(ValueError, match=r"judge.extraction='last'.*asked_expression, last_equation"):
+        RuleJudge(extraction="last")
+
+
+def test_rule_judge_ignores_a_number_cut_at_the_length_limit():
+    cut = "54 * 10 = 540. 54 * 10 = 540. 54 * 10 = 5"
+    prompt, row = "What is 54 * 10? Answer briefly.", {"answer": 540}
+    judge = RuleJudge()
+    assert judge.score(prompt, cut, row, truncated=True) == 1.0
+    assert judge.score(prompt, cut, row) == 0.0  # ended by the model: it states 5 for 54 * 10
+    [verdict] = judge.judge([Comparison(prompt, cut, "54 * 10 = 504.", row, truncated_a=True)])
+    assert verdict.winner == "A"
+    [verdict] = judge.judge([Comparison(prompt, "54 * 10 = 504.", cut, row, truncated_b=True)])
+    assert verdict.winner == "B"
+    [verdict] = judge.judge([Comparison(prompt, cut, "54 * 10 = 504.", row)])
+    assert verdict.winner == "tie"
+
+
+def test_rule_judge_names_the_fix_for_a_prompt_without_an_expression():
+    with pytest.raises(ValueError, match=r"asks no arithmetic expression.*judge.extraction: last_equation"):
+        RuleJudge().score("Tell me a story.", "42", {"answer": 42})
+    assert RuleJudge(extraction="last_equation").score("Tell me a story.", "42", {"answer": 42}) == 1.0
+
+
+def test_the_extraction_option_reaches_the_rule_judge():
+    assert build_judge("rule", extraction="last_equation").extraction == "last_equation"
+    assert ev.JudgeOptions().build().extraction == "asked_expression"
+    assert ev.JudgeOptions(extraction="last_equation").build().extraction == "last_equation"
+    with pytest.raises(ValueError, match=r"does not read judge option\(s\) judge.extraction"):
+        ev.JudgeOptions(name="openai", base_url="http://127.0.0.1:1/v1", model="m", extraction="last_equation").build()
 
 
 @pytest.mark.parametrize("reply, winner", [

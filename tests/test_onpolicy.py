@@ -8,19 +8,35 @@ import pytest
 
 from lit_idpo import bundled, onpolicy
 from lit_idpo.data import load_split
+from lit_idpo.evaluation import is_correct
 
 ROW = {"id": "arithmetic-train-00007", "prompt": "What is 41 + 35? Answer briefly.", "answer": 76, "category": "c"}
 
 
 def _sample(i, response, complete=True):
     return {"prompt_id": ROW["id"], "sample": i, "response": response, "complete": complete,
-            **onpolicy.label(response, ROW["answer"])}
+            **onpolicy.label(response, ROW["answer"], prompt=ROW["prompt"], complete=complete)}
 
 
-def test_label_reads_the_stated_answer():
-    assert onpolicy.label("41 + 35 = 76.", 76) == {"stated": 76, "correct": True}
-    assert onpolicy.label("The answer is 86.", 76) == {"stated": 86, "correct": False}
-    assert onpolicy.label("What a wonderful question!", 76) == {"stated": None, "correct": False}
+def _label(response, complete=True):
+    return onpolicy.label(response, 76, prompt=ROW["prompt"], complete=complete)
+
+
+def test_label_reads_the_answer_to_the_asked_expression():
+    assert _label("41 + 35 = 76.") == {"stated": 76, "correct": True}
+    assert _label("The answer is 86.") == {"stated": 86, "correct": False}
+    assert _label("What a wonderful question!") == {"stated": None, "correct": False}
+    # Issue 19: the run-on answer is right (the old checker read its last equation, 79) ...
+    assert _label("41 + 35 = 76\n76 + 3 = 79") == {"stated": 76, "correct": True}
+    # ... a contradiction is wrong, and its wrong result is the one stated as the wrong answer.
+    assert _label("41 + 35 = 76. No: 41 + 35 = 86.") == {"stated": 86, "correct": False}
+    assert _label("41 + 35 = 76.5") == {"stated": None, "correct": False}
+
+
+def test_a_cut_sample_is_never_right():
+    assert _label("41 + 35 = 76. 41 + 35 = 76.", complete=False) == {"stated": 76, "correct": False}
+    assert _label("41 + 35 = 76. 41 + 35 = 7", complete=False) == {"stated": 76, "correct": False}
+    assert _label("41 + 35 = 76. 41 + 35 = 7", complete=True) == {"stated": 7, "correct": False}
 
 
 def test_pair_takes_a_right_and_a_wrong_complete_response():
@@ -64,12 +80,30 @@ def shipped():
     return {split: bundled.load_rows(onpolicy.TASK, split) for split in bundled.SPLITS}
 
 
+# The shipped data was labelled by the reading before issue 19; it is rebuilt with the new checker (and a longer
+# sampling length) by scripts/make_onpolicy_data.py. Strict: once rebuilt these pass, and the markers must go.
+_BEFORE_REBUILD = pytest.mark.xfail(strict=True, reason="bundled:arithmetic_onpolicy predates issue 19's checker; "
+                                    "rebuild it with scripts/make_onpolicy_data.py, then remove this marker")
+
+
+@_BEFORE_REBUILD
 def test_shipped_pairs_are_labelled_by_the_checker(shipped):
     for split, rows in shipped.items():
         assert rows, split
         for row in rows:
-            assert bundled.is_correct(row["chosen"], row["answer"]), row["id"]
-            assert not bundled.is_correct(row["rejected"], row["answer"]), row["id"]
+            assert is_correct(row["chosen"], row["answer"], prompt=row["prompt"]), row["id"]
+            assert not is_correct(row["rejected"], row["answer"], prompt=row["prompt"]), row["id"]
+
+
+@_BEFORE_REBUILD
+def test_shipped_samples_carry_the_checker_labels():
+    rows = {row["id"]: row for split in bundled.SPLITS for row in bundled.load_rows("arithmetic", split)}
+    text = (bundled.DATA_DIR / f"{onpolicy.TASK}_samples.jsonl").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        sample = json.loads(line)
+        row = rows[sample["prompt_id"]]
+        right = sample["complete"] and is_correct(sample["response"], row["answer"], prompt=row["prompt"])
+        assert sample["correct"] == right, sample
 
 
 def test_shipped_prompts_are_disjoint_and_drawn_from_the_arithmetic_splits(shipped):
@@ -99,3 +133,26 @@ def test_shipped_pairs_rebuild_from_the_shipped_samples(shipped):
 def test_the_task_loads_as_a_data_source():
     rows = load_split("bundled:arithmetic_onpolicy", "test")
     assert len(rows) > 0 and {"prompt", "chosen", "rejected"} <= set(rows[0])
+
+
+def test_a_rebuild_relabels_the_samples_with_the_current_checker():
+    """scripts/make_onpolicy_data.py never keeps a label an older checker wrote into the samples."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "make_onpolicy_data.py"
+    spec = importlib.util.spec_from_file_location("make_onpolicy_data", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # Stale labels as the old checker wrote them: the run-on answer read as 79 (wrong), the cut one as right.
+    stale = [{"split": "train", "prompt_id": ROW["id"], "sample": 0, "response": "41 + 35 = 76\n76 + 3 = 79",
+              "complete": True, "tokens": 12, "stated": 79, "correct": False},
+             {"split": "train", "prompt_id": ROW["id"], "sample": 1, "response": "41 + 35 = 76. 41 + 35 = 76",
+              "complete": False, "tokens": 48, "stated": 76, "correct": True},
+             {"split": "train", "prompt_id": ROW["id"], "sample": 2, "response": "41 + 35 = 86.",
+              "complete": True, "tokens": 9, "stated": 86, "correct": False}]
+    texts = script.build(stale, {"train": [ROW]}, seed=0)
+    labels = [(s["stated"], s["correct"]) for s in map(json.loads, texts["samples"].splitlines())]
+    assert labels == [(76, True), (76, False), (86, False)]
+    [pair] = map(json.loads, texts["train"].splitlines())
+    assert (pair["chosen"], pair["rejected"], pair["wrong_answer"]) == (stale[0]["response"], "41 + 35 = 86.", 86)

@@ -4,11 +4,13 @@ One concern per module:
 
 ==================  ==========================================================================
 ``options``         :class:`DataOptions`, :class:`GenerationOptions`, :class:`ImplicitOptions`, model specs
+``answer_reading``  :func:`is_correct`: the answer a response states to "What is a op b?" (and the old reading)
 ``prompts``         the held-out prompts, read and rendered as the data module does
 ``generation``      responses per model, with the on-disk generation cache
 ``judges``          the judge interface, the ``rule`` and ``reward-model`` judges
 ``openai_judge``    the ``openai`` judge (any OpenAI-compatible chat-completions server)
 ``judge_factory``   :class:`JudgeOptions` and :func:`build_judge`
+``audit``           truncation share per model, where the two answer readings disagree
 ``judging``         every pair in both orders, the verdict cache, win rates (:func:`summarize_verdicts`)
 ``statistics``      t / Wilson / bootstrap intervals (plain Python and NumPy, no torch)
 ``implicit``        implicit-reward accuracy per layer
@@ -33,9 +35,11 @@ _EXPORTS = {
     "CI_METHOD": "lit_idpo.evaluation.judging",
     "Comparison": "lit_idpo.evaluation.judges",
     "DataOptions": "lit_idpo.evaluation.options",
+    "DEFAULT_EXTRACTION": "lit_idpo.evaluation.answer_reading",
     "DEFAULT_MAX_TOKENS": "lit_idpo.evaluation.openai_judge",
     "DEFAULT_TEMPERATURE": "lit_idpo.evaluation.openai_judge",
     "evaluate": "lit_idpo.evaluation.command",
+    "EXTRACTIONS": "lit_idpo.evaluation.answer_reading",
     "format_markdown": "lit_idpo.evaluation.reports",
     "generate_responses": "lit_idpo.evaluation.generation",
     "Generation": "lit_idpo.evaluation.generation",
@@ -44,6 +48,8 @@ _EXPORTS = {
     "implicit_reward_accuracy": "lit_idpo.evaluation.implicit",
     "ImplicitOptions": "lit_idpo.evaluation.options",
     "Interval": "lit_idpo.evaluation.statistics",
+    "is_correct": "lit_idpo.evaluation.answer_reading",
+    "is_correct_last_equation": "lit_idpo.evaluation.answer_reading",
     "Judge": "lit_idpo.evaluation.judges",
     "judge_from_args": "lit_idpo.evaluation.command",
     "judge_pairs": "lit_idpo.evaluation.judging",
@@ -55,6 +61,7 @@ _EXPORTS = {
     "JudgeOptions": "lit_idpo.evaluation.judge_factory",
     "JUDGES": "lit_idpo.evaluation.judge_factory",
     "JudgmentCache": "lit_idpo.evaluation.judging",
+    "last_equation_answer": "lit_idpo.evaluation.answer_reading",
     "load_eval_model": "lit_idpo.evaluation.generation",
     "load_prompts": "lit_idpo.evaluation.prompts",
     "main": "lit_idpo.evaluation.command",
@@ -65,9 +72,13 @@ _EXPORTS = {
     "OpenAIJudge": "lit_idpo.evaluation.openai_judge",
     "PairResult": "lit_idpo.evaluation.judging",
     "parse_model_specs": "lit_idpo.evaluation.options",
+    "parse_question": "lit_idpo.evaluation.answer_reading",
     "parse_verdict": "lit_idpo.evaluation.openai_judge",
     "Prompt": "lit_idpo.evaluation.prompts",
     "PromptRecord": "lit_idpo.evaluation.prompts",
+    "read_answer": "lit_idpo.evaluation.answer_reading",
+    "Reading": "lit_idpo.evaluation.answer_reading",
+    "reading_disagreements": "lit_idpo.evaluation.audit",
     "regularized_beta": "lit_idpo.evaluation.statistics",
     "render_conversation": "lit_idpo.evaluation.openai_judge",
     "render_prompt_ids": "lit_idpo.evaluation.prompts",
@@ -76,12 +87,15 @@ _EXPORTS = {
     "RewardModelJudge": "lit_idpo.evaluation.judges",
     "RuleJudge": "lit_idpo.evaluation.judges",
     "run": "lit_idpo.evaluation.command",
+    "score_response": "lit_idpo.evaluation.answer_reading",
     "score_summary": "lit_idpo.evaluation.statistics",
     "summarize_verdicts": "lit_idpo.evaluation.judging",
     "t_cdf": "lit_idpo.evaluation.statistics",
     "t_interval": "lit_idpo.evaluation.statistics",
     "t_quantile": "lit_idpo.evaluation.statistics",
     "TOKEN_LIMIT_FIELDS": "lit_idpo.evaluation.openai_judge",
+    "truncation_check": "lit_idpo.evaluation.audit",
+    "TRUNCATION_WARN_SHARE": "lit_idpo.evaluation.audit",
     "Verdict": "lit_idpo.evaluation.judges",
     "wilson_interval": "lit_idpo.evaluation.statistics",
     "WINNERS": "lit_idpo.evaluation.judges",
@@ -94,9 +108,11 @@ __all__ = [
     "CI_METHOD",
     "Comparison",
     "DataOptions",
+    "DEFAULT_EXTRACTION",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_TEMPERATURE",
     "evaluate",
+    "EXTRACTIONS",
     "format_markdown",
     "generate_responses",
     "Generation",
@@ -105,6 +121,8 @@ __all__ = [
     "implicit_reward_accuracy",
     "ImplicitOptions",
     "Interval",
+    "is_correct",
+    "is_correct_last_equation",
     "Judge",
     "judge_from_args",
     "judge_pairs",
@@ -116,6 +134,7 @@ __all__ = [
     "JudgeOptions",
     "JUDGES",
     "JudgmentCache",
+    "last_equation_answer",
     "load_eval_model",
     "load_prompts",
     "main",
@@ -126,9 +145,13 @@ __all__ = [
     "OpenAIJudge",
     "PairResult",
     "parse_model_specs",
+    "parse_question",
     "parse_verdict",
     "Prompt",
     "PromptRecord",
+    "read_answer",
+    "Reading",
+    "reading_disagreements",
     "regularized_beta",
     "render_conversation",
     "render_prompt_ids",
@@ -137,18 +160,33 @@ __all__ = [
     "RewardModelJudge",
     "RuleJudge",
     "run",
+    "score_response",
     "score_summary",
     "summarize_verdicts",
     "t_cdf",
     "t_interval",
     "t_quantile",
     "TOKEN_LIMIT_FIELDS",
+    "truncation_check",
+    "TRUNCATION_WARN_SHARE",
     "Verdict",
     "wilson_interval",
     "WINNERS",
 ]
 
 if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run time
+    from lit_idpo.evaluation.answer_reading import (
+        DEFAULT_EXTRACTION,
+        EXTRACTIONS,
+        Reading,
+        is_correct,
+        is_correct_last_equation,
+        last_equation_answer,
+        parse_question,
+        read_answer,
+        score_response,
+    )
+    from lit_idpo.evaluation.audit import TRUNCATION_WARN_SHARE, reading_disagreements, truncation_check
     from lit_idpo.evaluation.command import build_parser, evaluate, judge_from_args, main, run
     from lit_idpo.evaluation.generation import (
         Generation,

@@ -6,8 +6,10 @@ The steps: load the held-out prompts (:mod:`.prompts`), generate each model's re
 (:mod:`.implicit`), and write the report (:mod:`.reports`).
 
 Outputs in ``output_dir``: ``results.json``, ``results.md`` (also printed), ``responses/<model>.jsonl``
-(every response with its absolute score where the judge has one) and ``judgments.jsonl`` (every
-verdict with its order and reason).
+(every response with its absolute score where the judge has one; with the rule judge, its score under
+both answer readings) and ``judgments.jsonl`` (every verdict with its order and reason). Each model's
+share of responses stopped at ``max_new_tokens`` is reported, with a warning above 5 %, and with the
+rule judge how many responses the two answer readings score differently (:mod:`.audit`).
 
 The command line is built by jsonargparse from :func:`run`'s signature and the option dataclasses'
 docstrings, as ``fit`` is by LightningCLI: ``--config FILE.yaml``, ``--print_config``, nested options
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import time
 from itertools import combinations
@@ -35,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from lit_idpo.errors import ConfigError
 from lit_idpo.evaluation._util import info
+from lit_idpo.evaluation.audit import reading_disagreements, truncation_check
 from lit_idpo.evaluation.generation import generate_responses
 from lit_idpo.evaluation.implicit import implicit_reward_accuracy
 from lit_idpo.evaluation.judge_factory import JUDGES, JudgeOptions
@@ -65,6 +69,16 @@ def _check_pairs(names: List[str], pairs: Optional[Sequence[Tuple[str, str]]]) -
     if not pairs:
         raise ConfigError("pairwise judging needs two or more models (give --model at least twice)")
     return pairs
+
+
+def _score(judge: Judge, record, response: str, truncated: bool) -> Optional[float]:
+    """The judge's absolute score of one response, telling it whether the response was cut, if it can be told.
+
+    A judge written before ``score`` took ``truncated`` keeps working (it is simply not told).
+    """
+    if "truncated" in inspect.signature(judge.score).parameters:
+        return judge.score(record.prompt, response, record.row, truncated=truncated)
+    return judge.score(record.prompt, response, record.row)
 
 
 def _jsonl(records: Sequence[Dict[str, Any]]) -> str:
@@ -122,21 +136,30 @@ def evaluate(models: Sequence[ModelSpec], output_dir: Union[str, Path], *, judge
     if judge is not None:
         responses: Dict[str, List[str]] = {}
         needed = {n for pair in pairs for n in pair}
+        truncated: Dict[str, List[bool]] = {}
         for spec in models:
             if spec.name not in needed:
                 continue
             gens, summary = generate_responses(spec, prompts, generation, cache, progress=progress)
             responses[spec.name] = [g.response for g in gens]
-            scores = [judge.score(r.prompt, g.response, r.row) for r, g in zip(prompts, gens)]
+            truncated[spec.name] = [g.stopped == "length" for g in gens]
+            scores = [_score(judge, r, g.response, cut) for r, g, cut in zip(prompts, gens, truncated[spec.name])]
             has_scores = all(s is not None for s in scores)
+            readings = reading_disagreements(judge, prompts, responses[spec.name], truncated[spec.name])
+            per_response = readings.pop("per_response") if readings else [None] * len(gens)
             atomic_write_text(output_dir / "responses" / f"{slug(spec.name)}.jsonl", _jsonl([
                 {"prompt_index": record.index, "prompt": record.prompt, "response": gen.response,
-                 "new_tokens": gen.new_tokens, "stopped": gen.stopped, "score": score}
-                for record, gen, score in zip(prompts, gens, scores)]))
+                 "new_tokens": gen.new_tokens, "stopped": gen.stopped, "score": score,
+                 **({"readings": both} if both is not None else {})}
+                for record, gen, score, both in zip(prompts, gens, scores, per_response)]))
             results["models"].append({"name": spec.name, "source": spec.source, "generation": summary,
-                                      "score": score_summary(scores, confidence) if has_scores else None})
+                                      "score": score_summary(scores, confidence) if has_scores else None,
+                                      **({"readings": readings} if readings else {})})
+        results["truncation"] = truncation_check(results["models"], generation.max_new_tokens)
+        if results["truncation"]["warning"]:
+            info("WARNING: " + results["truncation"]["warning"])
         pair_results, records = judge_pairs(pairs, responses, prompts, judge, cache_dir=cache, confidence=confidence,
-                                            progress=progress)
+                                            progress=progress, truncated=truncated)
         results["pairs"] = [r.to_dict() for r in pair_results]
         atomic_write_text(output_dir / "judgments.jsonl", _jsonl(records))
     if reference is not None:

@@ -116,7 +116,8 @@ def generate_responses(spec: ModelSpec, prompts: Sequence[PromptRecord], options
     """Each prompt's response from one model, from the cache where present, generated (and cached) otherwise.
 
     Returns the generations in prompt order and a summary (how many came from the cache, were
-    generated, had their prompt cut, stopped at ``max_new_tokens``; the cache file; seconds spent).
+    generated, had their prompt cut, stopped at ``max_new_tokens`` (count and share); the cache file;
+    seconds spent). Every cached record holds why it stopped, so the share is exact for cached responses too.
     """
     from lit_idpo.models import load_tokenizer
 
@@ -142,9 +143,11 @@ def generate_responses(spec: ModelSpec, prompts: Sequence[PromptRecord], options
         info(f"{spec.name}: generating {len(todo)} response(s) ({len(prompts) - len(todo)} cached) -> {cache.path}")
         _generate_missing(spec, todo, ids_list, keys, options, tokenizer, cache, done, progress)
     generations = [done[k] for k in keys]
+    at_limit = sum(g.stopped == "length" for g in generations)
     summary = {"cache_file": str(cache.path), "fingerprint": fingerprint, "generated": len(todo),
                "cached": len(prompts) - len(todo), "prompts_truncated": truncated,
-               "stopped_at_max_new_tokens": sum(g.stopped == "length" for g in generations),
+               "stopped_at_max_new_tokens": at_limit,
+               "stopped_at_max_new_tokens_share": at_limit / len(generations) if generations else 0.0,
                "mean_new_tokens": statistics.fmean(g.new_tokens for g in generations),
                "seconds": round(time.perf_counter() - started, 2)}
     return generations, summary

@@ -53,6 +53,10 @@ class JudgeOptions:
             server), ``reward-model`` (a sequence-classification model), or ``none`` (no judging; then
             give ``reference``).
         answer_field: rule: the row field with the true answer (default ``answer``).
+        extraction: rule: how a response's answer is read: ``asked_expression`` (default: the result it
+            states for the asked ``a op b``, every such result right; prompts ``What is a op b? ...``)
+            or ``last_equation`` (the older reading: the first number after the last ``=``, else the
+            last number). Named in every report.
         base_url: openai: the API root, e.g. ``https://api.openai.com/v1`` (required).
         model: openai: the judge model's name on that server, e.g. ``gpt-4o`` (required).
         api_key_env: openai: the environment variable holding the API key (default
@@ -77,6 +81,7 @@ class JudgeOptions:
 
     name: str = "rule"
     answer_field: Optional[str] = None
+    extraction: Optional[str] = None
     base_url: Optional[str] = None
     model: Optional[str] = None
     api_key_env: Optional[str] = None

@@ -10,8 +10,9 @@ correct its own position bias.
 Judges:
 
 - :class:`RuleJudge` (``rule``): for verifiable tasks such as ``bundled:arithmetic``. A response is
-  right when it states the row's ``answer`` (:func:`lit_idpo.bundled.is_correct`); the right one wins,
-  both right or both wrong is a tie. Exact, free, no model.
+  right when the result it states for the asked expression is the row's ``answer``
+  (:func:`lit_idpo.evaluation.is_correct`; ``extraction: last_equation`` selects the older reading);
+  the right one wins, both right or both wrong is a tie. Exact, free, no model.
 - :class:`~lit_idpo.evaluation.openai_judge.OpenAIJudge` (``openai``): any OpenAI-compatible
   chat-completions server (its own module).
 - :class:`RewardModelJudge` (``reward-model``): any Hugging Face sequence-classification model
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from lit_idpo.errors import ConfigError
+from lit_idpo.evaluation.answer_reading import DEFAULT_EXTRACTION, EXTRACTIONS, score_response
 from lit_idpo.evaluation.prompts import Prompt
 
 WINNERS = ("A", "B", "tie")
@@ -38,12 +40,17 @@ class Comparison:
 
     ``prompt`` is the prompt as the data holds it (a string, or a list of chat messages); ``row`` is
     the prompt's source row, for judges that read extra fields (the rule judge reads ``answer``).
+    ``truncated_a`` / ``truncated_b``: whether that response's generation stopped at its length limit
+    (the rule judge then ignores a number cut at the end). Only the rule judge reads them, and it caches
+    no verdicts, so they are not part of the verdict cache's key.
     """
 
     prompt: Prompt
     response_a: str
     response_b: str
     row: Mapping[str, Any] = field(default_factory=dict)
+    truncated_a: bool = False
+    truncated_b: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,8 +81,12 @@ class Judge(ABC):
         """The judge's settings as plain data, free of secrets (saved in results and cache keys)."""
         return {"name": self.name}
 
-    def score(self, prompt: Prompt, response: str, row: Mapping[str, Any]) -> Optional[float]:
-        """An absolute score of one response, if the judge has one (rule: 1.0 right / 0.0 wrong); else None."""
+    def score(self, prompt: Prompt, response: str, row: Mapping[str, Any], *,
+              truncated: bool = False) -> Optional[float]:
+        """An absolute score of one response, if the judge has one (rule: 1.0 right / 0.0 wrong); else None.
+
+        ``truncated``: the response's generation stopped at its length limit (``max_new_tokens``).
+        """
         return None
 
 
@@ -89,12 +100,20 @@ class RuleJudge(Judge):
 
     Args:
         answer_field: the row field holding the true integer answer (``answer`` in ``bundled:arithmetic``).
+        extraction: how the stated answer is read (:mod:`lit_idpo.evaluation.answer_reading`):
+            ``asked_expression`` (default; the result stated for the asked ``a op b``, every such result
+            right, prompts ``"What is a op b? ..."``) or ``last_equation`` (the reading before issue 19:
+            the first number after the last ``=``, else the last number; kept for comparison).
     """
 
     name = "rule"
 
-    def __init__(self, answer_field: str = "answer"):
+    def __init__(self, answer_field: str = "answer", extraction: str = DEFAULT_EXTRACTION):
+        if extraction not in EXTRACTIONS:
+            raise ConfigError(f"judge.extraction={extraction!r} is unknown; choose one of {', '.join(EXTRACTIONS)} "
+                              f"({DEFAULT_EXTRACTION} is the default)")
         self.answer_field = answer_field
+        self.extraction = extraction
 
     def _answer(self, row: Mapping[str, Any]) -> int:
         value = row.get(self.answer_field) if isinstance(row, Mapping) else None
@@ -112,16 +131,24 @@ class RuleJudge(Judge):
             raise ConfigError(f"rule judge: field {self.answer_field!r} is {value!r}; it must be an integer "
                               f"answer.") from None
 
-    def score(self, prompt: Prompt, response: str, row: Mapping[str, Any]) -> float:
-        from lit_idpo.bundled import is_correct
+    def score(self, prompt: Prompt, response: str, row: Mapping[str, Any], *, truncated: bool = False) -> float:
+        return self.score_with(self.extraction, prompt, response, row, truncated=truncated)
 
-        return 1.0 if is_correct(response, self._answer(row)) else 0.0
+    def score_with(self, extraction: str, prompt: Prompt, response: str, row: Mapping[str, Any], *,
+                   truncated: bool = False) -> float:
+        """The score (1.0 right, 0.0 wrong) under the named reading, whichever this judge uses (for audits)."""
+        answer = self._answer(row)
+        try:
+            right = score_response(response, answer, prompt=prompt, truncated=truncated, extraction=extraction)
+        except ValueError as err:  # a prompt that asks no "a op b"
+            raise ConfigError(f"rule judge: {err}") from None
+        return 1.0 if right else 0.0
 
     def judge(self, comparisons: Sequence[Comparison]) -> List[Verdict]:
         verdicts = []
         for c in comparisons:
-            a = self.score(c.prompt, c.response_a, c.row)
-            b = self.score(c.prompt, c.response_b, c.row)
+            a = self.score(c.prompt, c.response_a, c.row, truncated=c.truncated_a)
+            b = self.score(c.prompt, c.response_b, c.row, truncated=c.truncated_b)
             if a == b:
                 verdicts.append(Verdict("tie", "both right" if a else "both wrong"))
             else:
@@ -129,7 +156,7 @@ class RuleJudge(Judge):
         return verdicts
 
     def describe(self) -> Dict[str, Any]:
-        return {"name": self.name, "answer_field": self.answer_field}
+        return {"name": self.name, "answer_field": self.answer_field, "extraction": self.extraction}
 
 
 
@@ -236,7 +263,7 @@ class RewardModelJudge(Judge):
                 self._scores[text] = float(value)
         return [self._scores[t] for t in texts]
 
-    def score(self, prompt: Prompt, response: str, row: Mapping[str, Any]) -> float:
+    def score(self, prompt: Prompt, response: str, row: Mapping[str, Any], *, truncated: bool = False) -> float:
         return self._score_texts([self.render(prompt, response)])[0]
 
     def judge(self, comparisons: Sequence[Comparison]) -> List[Verdict]:

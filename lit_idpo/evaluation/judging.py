@@ -155,13 +155,15 @@ class JudgmentCache:
 
 def judge_pairs(pairs: Sequence[Tuple[str, str]], responses: Mapping[str, Sequence[str]],
                 prompts: Sequence[PromptRecord], judge: Judge, *, cache_dir: Optional[Path] = None,
-                confidence: float = 0.95, progress: bool = True,
-                chunk: int = 32) -> Tuple[List[PairResult], List[Dict[str, Any]]]:
+                confidence: float = 0.95, progress: bool = True, chunk: int = 32,
+                truncated: Optional[Mapping[str, Sequence[bool]]] = None,
+                ) -> Tuple[List[PairResult], List[Dict[str, Any]]]:
     """Judge every prompt of every pair in both orders; return one :class:`PairResult` per pair and every verdict.
 
     Identical responses are a tie without asking the judge. With ``cache_dir`` and a judge that asks
     for it (``cache_verdicts``), verdicts are cached on disk, so an interrupted run asks again only
-    what it had not asked.
+    what it had not asked. ``truncated[model][p]``: whether that response stopped at the length limit
+    (passed to the judge in each :class:`Comparison`; absent means it did not).
     """
     cache = JudgmentCache(cache_dir, judge) if (cache_dir is not None and judge.cache_verdicts) else None
     asks: List[Tuple[int, int, int, Comparison]] = []  # (pair, prompt, order, comparison)
@@ -169,11 +171,12 @@ def judge_pairs(pairs: Sequence[Tuple[str, str]], responses: Mapping[str, Sequen
     for pi, (a, b) in enumerate(pairs):
         for p, record in enumerate(prompts):
             ra, rb = responses[a][p], responses[b][p]
-            for order, (x, y) in enumerate(((ra, rb), (rb, ra))):
-                if ra == rb:
+            ta, tb = (bool(truncated[m][p]) if truncated and m in truncated else False for m in (a, b))
+            for order, (x, y, tx, ty) in enumerate(((ra, rb, ta, tb), (rb, ra, tb, ta))):
+                if ra == rb and ta == tb:
                     verdicts[(pi, p, order)] = Verdict("tie", "identical responses (judge not asked)")
                     continue
-                c = Comparison(record.prompt, x, y, record.row)
+                c = Comparison(record.prompt, x, y, record.row, truncated_a=tx, truncated_b=ty)
                 hit = cache.entries.get(cache.key(c)) if cache is not None else None
                 if hit is not None:
                     verdicts[(pi, p, order)] = hit

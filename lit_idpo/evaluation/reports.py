@@ -1,8 +1,13 @@
-"""The evaluation as markdown: pairwise win rates, per-model scores, implicit-reward accuracy per layer."""
+"""The evaluation as markdown: pairwise win rates, per-model scores and truncation, implicit-reward accuracy per layer.
+
+The judge line names the rule judge's answer reading; the per-model table gives each model's share of
+responses stopped at ``max_new_tokens`` (with the warning above 5 %) and, with the rule judge, how many
+responses the two answer readings score differently.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 
 def _pct(x: Optional[float]) -> str:
@@ -16,6 +21,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     judge = results["judge"]
     lines.append(f"Prompts: {prompts['prompts']} from split `{prompts['split']}` of `{prompts['source']}`; "
                  f"judge: `{judge['name']}`" + (f" ({judge['model']})" if judge.get("model") else "") +
+                 (f" (answer reading: `{judge['extraction']}`)" if judge.get("extraction") else "") +
                  f"; generation: {_generation_line(results['generation'])}.")
     if results.get("pairs"):
         conf = round(100 * results["pairs"][0]["confidence"])
@@ -30,17 +36,8 @@ def format_markdown(results: Mapping[str, Any]) -> str:
                          f"[{_pct(r['bootstrap_low'])}, {_pct(r['bootstrap_high'])}] | {r['invalid']} | "
                          f"{_pct(r['first_shown_preference'])} |")
         lines += ["", f"CI: {results['ci_method']}."]
-    scored = [m for m in results["models"] if m.get("score") is not None]
-    if scored:
-        label = "accuracy (%)" if judge["name"] == "rule" else "mean score"
-        lines += ["", f"| model | {label} | {round(100 * results.get('confidence', 0.95))} % CI | mean new tokens | "
-                      f"hit max_new_tokens |", "|---|---:|---:|---:|---:|"]
-        for m in scored:
-            s = m["score"]
-            fmt = _pct if judge["name"] == "rule" else (lambda x: f"{x:.4f}")
-            ci = f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]" if s.get("ci_low") is not None else "n/a"
-            lines.append(f"| {m['name']} | {fmt(s['mean'])} | {ci} | {m['generation']['mean_new_tokens']:.1f} | "
-                         f"{m['generation']['stopped_at_max_new_tokens']} |")
+    if results.get("models"):
+        lines += [""] + _model_table(results)
     implicit = results.get("implicit_reward") or {}
     if implicit.get("models"):
         layers = implicit["layers"]
@@ -51,6 +48,40 @@ def format_markdown(results: Mapping[str, Any]) -> str:
         for name, values in implicit["models"].items():
             lines.append(f"| {name} | " + " | ".join(_pct(a) for a in values["accuracy"]) + " |")
     return "\n".join(lines)
+
+
+def _model_table(results: Mapping[str, Any]) -> List[str]:
+    """Per model: score with its interval, length, share stopped at max_new_tokens, reading disagreements."""
+    judge, models = results["judge"], results["models"]
+    scored = any(m.get("score") is not None for m in models)
+    readings = any(m.get("readings") for m in models)
+    fmt = _pct if judge["name"] == "rule" else (lambda x: f"{x:.4f}")
+    header = ["model"]
+    if scored:
+        header += ["accuracy (%)" if judge["name"] == "rule" else "mean score",
+                   f"{round(100 * results.get('confidence', 0.95))} % CI"]
+    header += ["mean new tokens", "hit max_new_tokens"]
+    if readings:
+        header += ["readings disagree (right only under asked_expression / last_equation)"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for m in models:
+        g, s, row = m["generation"], m.get("score"), [m["name"]]
+        if scored:
+            ci = f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]" if s and s.get("ci_low") is not None else "n/a"
+            row += [fmt(s["mean"]) if s else "n/a", ci]
+        share = g.get("stopped_at_max_new_tokens_share")
+        row += [f"{g['mean_new_tokens']:.1f}",
+                f"{g['stopped_at_max_new_tokens']}" + (f" ({_pct(share)} %)" if share is not None else "")]
+        if readings:
+            r = m.get("readings")
+            only = r["right_only_under"] if r else {}
+            row += [f"{r['disagree']} of {r['responses']} ({only.get('asked_expression', 0)} / "
+                    f"{only.get('last_equation', 0)})" if r else "n/a"]
+        lines.append("| " + " | ".join(row) + " |")
+    warning = (results.get("truncation") or {}).get("warning")
+    if warning:
+        lines += ["", f"**Warning:** {warning}."]
+    return lines
 
 
 def _generation_line(g: Mapping[str, Any]) -> str:

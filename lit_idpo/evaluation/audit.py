@@ -1,0 +1,67 @@
+"""Auditing an evaluation's instrument: responses cut at the length limit, and where the rule judge's readings differ.
+
+Two checks ``lit-idpo evaluate`` runs on every model and puts in ``results.json`` and the report:
+
+- **Truncation** (:func:`truncation_check`): the share of each model's responses that stopped at
+  ``max_new_tokens``. Above :data:`TRUNCATION_WARN_SHARE` it warns: whatever reads the end of a
+  response reads a cut one there, so results are not comparable across models that differ in length
+  (issue 19: DPO's 18.7 % against layer 21's 6.5 % was the whole of a claimed gain).
+- **Reading disagreements** (:func:`reading_disagreements`, rule judge only): how many responses the
+  two answer readings (``asked_expression`` and ``last_equation``) score differently, and which way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from lit_idpo.evaluation.answer_reading import EXTRACTIONS
+from lit_idpo.evaluation.judges import Judge, RuleJudge
+from lit_idpo.evaluation.prompts import PromptRecord
+
+#: Above this share of responses stopped at ``max_new_tokens``, ``lit-idpo evaluate`` warns.
+TRUNCATION_WARN_SHARE = 0.05
+
+
+def reading_disagreements(judge: Judge, prompts: Sequence[PromptRecord], responses: Sequence[str],
+                          truncated: Sequence[bool]) -> Optional[Dict[str, Any]]:
+    """Each response scored under both answer readings, and how often they differ (None unless ``judge`` is rule).
+
+    Returns ``{"extraction": the judge's reading, "responses": n, "correct": {reading: count},
+    "disagree": k, "right_only_under": {reading: count}, "per_response": [{reading: 0/1}, ...]}``.
+    """
+    if not isinstance(judge, RuleJudge):
+        return None
+    per_response: List[Dict[str, float]] = []
+    for record, response, cut in zip(prompts, responses, truncated):
+        per_response.append({ext: judge.score_with(ext, record.prompt, response, record.row, truncated=bool(cut))
+                             for ext in EXTRACTIONS})
+    first, second = EXTRACTIONS
+    return {
+        "extraction": judge.extraction,
+        "responses": len(per_response),
+        "correct": {ext: int(sum(s[ext] for s in per_response)) for ext in EXTRACTIONS},
+        "disagree": sum(s[first] != s[second] for s in per_response),
+        "right_only_under": {ext: sum(s[ext] > s[other] for s in per_response)
+                             for ext, other in ((first, second), (second, first))},
+        "per_response": per_response,
+    }
+
+
+def truncation_check(models: Sequence[Mapping[str, Any]], max_new_tokens: int,
+                     threshold: float = TRUNCATION_WARN_SHARE) -> Dict[str, Any]:
+    """Which models stopped at ``max_new_tokens`` in more than ``threshold`` of their responses.
+
+    ``models`` are ``results.json``'s model entries (each with its ``generation`` summary). Returns
+    ``{"threshold", "max_new_tokens", "share": {model: share}, "over": [models], "warning": text or None}``.
+    """
+    share = {m["name"]: m["generation"]["stopped_at_max_new_tokens_share"] for m in models}
+    over = [name for name, s in share.items() if s > threshold]
+    warning = None
+    if over:
+        listed = ", ".join(f"{name} ({100 * share[name]:.1f} %)" for name in over)
+        warning = (f"responses stopped at max_new_tokens={max_new_tokens} in more than {100 * threshold:g} % of "
+                   f"prompts for {listed}: results that read a response's end are not comparable across models "
+                   f"that differ in length; raise generation.max_new_tokens, or report a sensitivity analysis "
+                   f"without the truncated responses")
+    return {"threshold": threshold, "max_new_tokens": max_new_tokens, "share": share, "over": over,
+            "warning": warning}
