@@ -168,7 +168,9 @@ def test_numbers_commas_decimals_and_signs(prompt, answer, response, right):
     ("6 * 7 = 4", False, False),
     ("6 * 7 = 42", True, False),                      # touching the end: it could have been 420
     ("6 * 7 = 42", False, True),
-    ("6 * 7 = 42.", True, False),                     # "42." could have gone on as 42.5
+    ("6 * 7 = 42.", True, True),                      # a full stop ends the number (hand audit)
+    ("6 * 7 = 43.", True, False),                     # so a complete wrong answer stays wrong
+    ("6 * 7 = 42,", True, False),                     # a comma may be a thousands group: 42,000
     ("6 * 7 = 42. 6 * 7 = 4", True, True),
     ("6 * 7 = 42 +", True, False),                    # a term cut after an operator
     ("6 * 7 = 42.\n\nIn other words, 6 * 7 =", True, True),    # a trailing clause with no result
@@ -244,8 +246,13 @@ def test_read_answer_says_which_clause_decided():
     (q(30, "*", 10), 300, "To calculate 30 * 10, you multiply 30 by 10, which gives you 300.", False, True),
     (q(78, "*", 10), 780, "To calculate 78 * 10, you multiply 78 by 10, which gives you 78.\n\nThis is a common "
      "multiplication shortcut that can be applied to any number multiplied by a multiplier.", False, False),
-    # Cut at the limit right after "86.", which could have gone on as 86.5: the answer statement is ignored.
-    (q(32, "+", 17), 49, "32 + 17 = 49\n32 + 17 = 49\n32 + 17 = 49\n49 = 86\n\nThe answer is 86.", True, True),
+    # Cut at the limit right after "86.": a finished statement of a wrong answer, a contradiction (hand audit).
+    (q(32, "+", 17), 49, "32 + 17 = 49\n32 + 17 = 49\n32 + 17 = 49\n49 = 86\n\nThe answer is 86.", True, False),
+    (q(60, "*", 8), 480, "60 * 8 = 400.", True, False),
+    # The hand audit's clause-3 cases: numbers inside another written-out expression are no answer.
+    (q(447, "+", 1), 448, "447 is the result of 1 + 448, which is 5 doublies.", False, False),
+    (q(267, "+", 1), 268, "267 is the result of 1 + 268, which is 43, which is the sum of 267 and 1.", False, False),
+    (q(32, "+", 5), 37, "37 + 5 = 39.37", False, False),
     (q(32, "+", 17), 49, "32 + 17 = 49\n32 + 17 = 49\n32 + 17 = 49\n49 = 86\n\nThe answer is 86.", False, False),
     (q(81, "+", 4), 85, "To add 81 and 4, you simply add them together: 81 + 4 = 85.\n\nIn a math problem, the answer "
      "is often rounded to the nearest integer, so 85 is 81 + 4 = 85 + 4 = 8", True, True),

@@ -18,8 +18,8 @@ Two readings, selectable by the rule judge (``judge.extraction``):
      itself and is wrong.
   2. If there is no such result, the first number the response states as a result (after ``=``,
      ``equals``, ``is``, ``:`` or "the answer is"; not a result of another written-out expression).
-  3. If it states none, the first number that is not an operand of the prompt (by value; a result of
-     another written-out expression is skipped too, as clause 1 ignores it).
+  3. If it states none, the first number that is not an operand of the prompt (by value; the result
+     and the operands of another written-out expression are skipped too, as clause 1 ignores them).
 
   What counts as "the first" is by position; ``is`` also reads ``is equal to``, and a closing
   parenthesis or quote may follow the restatement (``(6 * 7) = 42``, ``the "6 * 7" is 42``). Words
@@ -27,8 +27,8 @@ Two readings, selectable by the rule judge (``judge.extraction``):
 
   Thousands commas are read (``1,015``); a decimal equal to an integer counts as it (``42.0``), any
   other decimal is wrong; negative results are read (``5 - 8 = -3``). When the generation stopped
-  at its length limit (``truncated``), a number that touches the end of the response is ignored (it
-  may be cut: ``... = 5`` of 540), as is a term cut after an operator, and a trailing clause with
+  at its length limit (``truncated``), a number that touches the end of the response (nothing, or
+  only a comma, after it) is ignored (it may be cut: ``... = 5`` of 540), as is a term cut after an operator, and a trailing clause with
   no result (its numbers are not used by clause 3).
 
 - ``last_equation`` (:func:`last_equation_answer`, the reading before issue 19, kept for
@@ -71,6 +71,8 @@ _ANSWER = re.compile(r"\banswer\s*(?:is\b|=|:)", re.IGNORECASE)
 _EXPRESSION_BEFORE = re.compile(rf"\d[ \t]*(?:{_ANY_OPERATOR})[ \t]*\(?[ \t]*{_NUM}[ \t]*\)?[ \t]*$")
 # A binary operator just before a restatement: the restatement is part of a longer expression.
 _OPERATOR_BEFORE = re.compile(rf"(?:\d|\))[ \t]*(?:{_ANY_OPERATOR})[ \t]*\(?[ \t]*$")
+# What stands between two operands of one expression ("1 + 448", "6 x (7").
+_BETWEEN_OPERANDS = re.compile(rf"[ \t]*(?:{_ANY_OPERATOR})[ \t]*\(?[ \t]*")
 # A closing parenthesis or quote right after a restatement.
 _CLOSING = re.compile(r"[ \t]*[)\"'\u201d\u2019]")
 # Where a clause ends (for the trailing clause of a cut response).
@@ -124,8 +126,27 @@ def _number_at(text: str, pos: int) -> Optional["re.Match[str]"]:
 
 
 def _touches_end(text: str, end: int) -> bool:
-    """Nothing but a possible "." or "," follows: the number may have been cut (540 -> 5, 1,015 -> 1,)."""
-    return text[end:] in ("", ".", ",")
+    """Nothing but a possible "," follows: the number may have been cut (540 -> 5, 1,015 -> 1,).
+
+    A number followed by a full stop ("The answer is 86.") was finished: the hand audit
+    (benchmarks/judge_audit/AUDIT.md) found complete wrong answers of cut responses read as cut.
+    """
+    return text[end:] in ("", ",")
+
+
+def _operand_ends(text: str) -> set:
+    """Where the numbers end that are operands of a written-out expression ("1 + 448", "10-5").
+
+    Clause 3 skips them: a number inside another expression is not a stated answer (the audit's
+    "447 is the result of 1 + 448" for 447 + 1).
+    """
+    ends = set()
+    numbers = list(_NUMBER.finditer(text))
+    for left, right in zip(numbers, numbers[1:]):
+        glued_minus = left.end() == right.start() and right.group().startswith("-")
+        if glued_minus or _BETWEEN_OPERANDS.fullmatch(text, left.end(), right.start()):
+            ends.update((left.end(), right.end()))
+    return ends
 
 
 def _result_after(text: str, pos: int, truncated: bool) -> Optional[_Found]:
@@ -254,9 +275,10 @@ def read_answer(response: str, *, prompt: Union[str, Sequence[Mapping[str, Any]]
         last_clause = boundaries[-1] if boundaries else 0
         if not any(pos >= last_clause for pos in stated_anywhere):
             limit = last_clause
+    operands = _operand_ends(text)
     for match in _NUMBER.finditer(text, 0, limit):
         value, _ = _value(text, match)
-        if (truncated and _touches_end(text, match.end())) or match.end() in other_results:
+        if (truncated and _touches_end(text, match.end())) or match.end() in other_results | operands:
             continue
         if value is None or value not in (a, b):
             return Reading((value,), "first_number")
