@@ -36,8 +36,9 @@ What happens (``lit-idpo sweep --config FILE``):
    the commands and trains nothing).
 2. ``<output_dir>/manifest.json`` records each finished training with a hash of its full
    configuration. Run the sweep again and finished settings are skipped (a changed configuration is
-   retrained); a setting interrupted mid-training is retrained from the start. Generations are cached
-   by the evaluation, so re-running only generates what is missing.
+   retrained); a setting interrupted mid-training is retrained from the start. Generations and each
+   model's implicit-reward log-probs are cached by the evaluation, so re-running (or adding seeds) only
+   generates and scores what is missing.
 3. Every setting is judged against DPO and against SFT, and DPO against SFT, with one judge, both
    orders, ties = 1/2, 95 % t-interval over prompts (see ``lit-idpo evaluate``). Written:
    ``sweep_results.json``, ``sweep_results.md`` (printed too), ``sweep_plot.png`` (win rate with its

@@ -14,6 +14,7 @@ One concern per module:
 ``judging``         every pair in both orders, the verdict cache, win rates (:func:`summarize_verdicts`)
 ``statistics``      t / Wilson / bootstrap intervals (plain Python and NumPy, no torch)
 ``implicit``        implicit-reward accuracy per layer
+``implicit_cache``  each model's implicit-reward log-probs, cached on disk per model
 ``reports``         the markdown report
 ``command``         :func:`evaluate` (the whole evaluation) and ``lit-idpo evaluate`` (:func:`main`)
 ==================  ==========================================================================
@@ -64,6 +65,7 @@ _EXPORTS = {
     "last_equation_answer": "lit_idpo.evaluation.answer_reading",
     "load_eval_model": "lit_idpo.evaluation.generation",
     "load_prompts": "lit_idpo.evaluation.prompts",
+    "LogprobCache": "lit_idpo.evaluation.implicit_cache",
     "main": "lit_idpo.evaluation.command",
     "mean_interval": "lit_idpo.evaluation.statistics",
     "Message": "lit_idpo.evaluation.prompts",
@@ -137,6 +139,7 @@ __all__ = [
     "last_equation_answer",
     "load_eval_model",
     "load_prompts",
+    "LogprobCache",
     "main",
     "mean_interval",
     "Message",
@@ -196,6 +199,7 @@ if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run 
         resolve_device,
     )
     from lit_idpo.evaluation.implicit import implicit_reward_accuracy, resolve_implicit_layers
+    from lit_idpo.evaluation.implicit_cache import LogprobCache
     from lit_idpo.evaluation.judge_factory import JUDGES, JudgeOptions, build_judge
     from lit_idpo.evaluation.judges import WINNERS, Comparison, Judge, RewardModelJudge, RuleJudge, Verdict
     from lit_idpo.evaluation.judging import CI_METHOD, JudgmentCache, PairResult, judge_pairs, summarize_verdicts

@@ -28,8 +28,8 @@ Two readings, selectable by the rule judge (``judge.extraction``):
   Thousands commas are read (``1,015``); a decimal equal to an integer counts as it (``42.0``), any
   other decimal is wrong; negative results are read (``5 - 8 = -3``). When the generation stopped
   at its length limit (``truncated``), a number that touches the end of the response (nothing, or
-  only a comma, after it) is ignored (it may be cut: ``... = 5`` of 540), as is a term cut after an operator, and a trailing clause with
-  no result (its numbers are not used by clause 3).
+  only a comma, after it) is ignored (it may be cut: ``... = 5`` of 540), as is a term cut after an
+  operator, and a trailing clause with no result (its numbers are not used by clause 3).
 
 - ``last_equation`` (:func:`last_equation_answer`, the reading before issue 19, kept for
   comparison): the first number after the last ``=``, else the last number. It misreads run-on

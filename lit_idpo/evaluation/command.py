@@ -3,7 +3,8 @@
 The steps: load the held-out prompts (:mod:`.prompts`), generate each model's responses with a cache
 (:mod:`.generation`), judge every pair in both orders and summarise the win rates with intervals
 (:mod:`.judging`, :mod:`.statistics`), optionally measure implicit-reward accuracy per layer
-(:mod:`.implicit`), and write the report (:mod:`.reports`).
+(:mod:`.implicit`, its log-probs cached per model by :mod:`.implicit_cache`, so that adding models
+scores only the new ones), and write the report (:mod:`.reports`).
 
 Outputs in ``output_dir``: ``results.json``, ``results.md`` (also printed), ``responses/<model>.jsonl``
 (every response with its absolute score where the judge has one; with the rule judge, its score under
@@ -101,7 +102,8 @@ def evaluate(models: Sequence[ModelSpec], output_dir: Union[str, Path], *, judge
         pairs: the (A, B) model-name pairs to judge; None: every pair, in the order ``models`` lists them.
         reference: a reference model source: adds the implicit-reward accuracy per layer of each other model.
         implicit: options of the implicit-reward accuracy; None: ``ImplicitOptions()``.
-        cache_dir: where generations (and costly verdicts) are cached; None is ``<output_dir>/cache``.
+        cache_dir: where generations (and costly verdicts) and each model's implicit-reward log-probs are
+            cached; None is ``<output_dir>/cache``.
         confidence: confidence level of the intervals.
         progress: show progress bars.
 
@@ -165,7 +167,7 @@ def evaluate(models: Sequence[ModelSpec], output_dir: Union[str, Path], *, judge
     if reference is not None:
         results["implicit_reward"] = implicit_reward_accuracy(models, reference, data, implicit,
                                                               dtype=generation.dtype, device=generation.device,
-                                                              progress=progress)
+                                                              progress=progress, cache_dir=cache)
     results["wall_time_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(output_dir / "results.json", results)
     atomic_write_text(output_dir / "results.md", format_markdown(results) + "\n")
@@ -202,7 +204,7 @@ def run(model: List[str], output_dir: str, data: DataOptions = DataOptions(),  #
         implicit: implicit-reward accuracy per layer (with ``reference``).
         pair: judge only these model pairs, ``A,B`` (repeat); default: every pair.
         reference: a reference model source: also report each model's implicit-reward accuracy per layer.
-        cache_dir: generation (and paid-judge verdict) cache; default ``<output_dir>/cache``.
+        cache_dir: generation, paid-judge verdict and implicit-reward log-prob cache; default ``<output_dir>/cache``.
         confidence: confidence level of the intervals.
         progress: show progress bars (``--no_progress`` hides them).
     """

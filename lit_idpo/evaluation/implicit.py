@@ -4,15 +4,20 @@ No generation: for each trained model, the fraction of held-out pairs whose impl
 ``beta * (log pi - log ref)`` is strictly higher for ``chosen`` than for ``rejected``, read at each
 requested layer (TRL's ``rewards/accuracies``), with the mean reward margin and, per pair, whether it was
 right (so that two models' accuracies can be compared pair by pair, e.g. over training seeds).
+Each model's log-probs (and the reference's) can be cached per model
+(:mod:`lit_idpo.evaluation.implicit_cache`), so that an evaluation extended by more models (more seeds)
+scores only the new ones.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from lit_idpo.errors import ConfigError, DataError
-from lit_idpo.evaluation._util import progress_bar
+from lit_idpo.evaluation._util import info, progress_bar
 from lit_idpo.evaluation.generation import load_eval_model, resolve_device
+from lit_idpo.evaluation.implicit_cache import LogprobCache, Logprobs, layer_request
 from lit_idpo.evaluation.options import DataOptions, ImplicitOptions, ModelSpec
 
 
@@ -31,7 +36,8 @@ def resolve_implicit_layers(layers: Union[str, Sequence[int]], num_layers: int) 
 
 def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: DataOptions,
                              options: Optional[ImplicitOptions] = None, *, dtype: str = "float32",
-                             device: str = "auto", progress: bool = True) -> Dict[str, Any]:
+                             device: str = "auto", progress: bool = True,
+                             cache_dir: Optional[Union[str, Path]] = None) -> Dict[str, Any]:
     """Per model and layer: the fraction of held-out pairs whose implicit reward prefers ``chosen``.
 
     The implicit reward of a completion at layer l is ``beta * (log pi_l(y|x) - log ref_l(y|x))``
@@ -43,6 +49,12 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
     ``layers``); ``correct`` holds one string per layer with one character per pair in data order, ``"1"``
     where that pair counts as correct and ``"0"`` where not (:func:`pair_correctness` reads it back as
     0/1 lists). A string keeps ``results.json`` compact: 200 pairs are 200 characters per layer.
+
+    With ``cache_dir`` (``lit-idpo evaluate`` passes its cache directory), each model's log-probs and
+    the reference's are cached there per model (:mod:`lit_idpo.evaluation.implicit_cache`, keyed by
+    the model's content fingerprint, the pairs' token ids, the layers, dtype and package versions):
+    a model found there is not loaded, and the results are exactly those of a fresh pass. The result
+    then also holds ``"cache": {"dir", "reference", "models"}``, each ``"cached"`` or ``"computed"``.
     """
     import torch
 
@@ -65,8 +77,10 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
     batches = [collate([pairs[i] for i in range(s, min(s + options.batch_size, len(pairs)))])
                for s in range(0, len(pairs), options.batch_size)]
     dev = resolve_device(device)
+    cache = LogprobCache(cache_dir, pairs, dtype) if cache_dir is not None else None
+    details = {"device": str(dev), "batch_size": options.batch_size}
 
-    def logps(model, desc: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    def logps(model, layer_ids: List[int], desc: str) -> Tuple[torch.Tensor, torch.Tensor]:
         chosen, rejected = [], []
         for batch in progress_bar(batches, desc=desc, enabled=progress, unit="batch"):
             with torch.no_grad():
@@ -77,25 +91,46 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
             rejected.append(out[:, half:])
         return torch.cat(chosen, 1), torch.cat(rejected, 1)  # [layers, N] each
 
-    ref_model = load_eval_model(reference, dtype).to(dev).eval()
-    num_layers = find_head_path(ref_model).num_layers
-    layer_ids = resolve_implicit_layers(options.layers, num_layers)
-    ref_c, ref_r = logps(ref_model, "implicit reward: reference")
-    del ref_model
+    # The reference: its layer request is its key (resolving it needs its depth, which the entry records).
+    request = layer_request(options.layers)
+    ref = cache.load(reference, request) if cache is not None else None
+    status = {"dir": str(cache.folder) if cache is not None else None, "reference": "cached", "models": {}}
+    if ref is None:
+        status["reference"] = "computed"
+        ref_model = load_eval_model(reference, dtype).to(dev).eval()
+        num_layers = find_head_path(ref_model).num_layers
+        layer_ids = resolve_implicit_layers(options.layers, num_layers)
+        ref = Logprobs(layer_ids, num_layers, *logps(ref_model, layer_ids, "implicit reward: reference"))
+        del ref_model
+        if cache is not None:
+            cache.save(reference, request, ref, details=details)
+    else:
+        info(f"implicit reward: reference log-probs from the cache ({cache.folder})")
+    layer_ids, num_layers = ref.layers, ref.num_layers
     result: Dict[str, Any] = {"layers": layer_ids, "num_layers": num_layers, "pairs": len(pairs), "beta": options.beta,
                               "reference": reference, "data": stats.as_dict(), "models": {}}
     for spec in targets:
-        model = load_eval_model(spec.source, dtype).to(dev).eval()
-        if model.get_output_embeddings().weight.shape[0] < len(tokenizer):
-            raise ConfigError(f"implicit-reward accuracy: {spec.name} ({spec.source}) has a smaller vocabulary "
-                              f"than the reference's tokenizer; the model and the reference must share a tokenizer")
-        pol_c, pol_r = logps(model, f"implicit reward: {spec.name}")
-        del model
-        margin = options.beta * ((pol_c - ref_c) - (pol_r - ref_r))  # [layers, N]
+        pol = cache.load(spec.source, layer_ids) if cache is not None else None
+        status["models"][spec.name] = "cached" if pol is not None else "computed"
+        if pol is None:
+            model = load_eval_model(spec.source, dtype).to(dev).eval()
+            if model.get_output_embeddings().weight.shape[0] < len(tokenizer):
+                raise ConfigError(f"implicit-reward accuracy: {spec.name} ({spec.source}) has a smaller vocabulary "
+                                  f"than the reference's tokenizer; the model and the reference must share a tokenizer")
+            pol = Logprobs(layer_ids, num_layers, *logps(model, layer_ids, f"implicit reward: {spec.name}"))
+            del model
+            if cache is not None:
+                cache.save(spec.source, layer_ids, pol, details=details)
+        margin = options.beta * ((pol.chosen - ref.chosen) - (pol.rejected - ref.rejected))  # [layers, N]
         correct = margin > 0
         result["models"][spec.name] = {"accuracy": correct.double().mean(1).tolist(),
                                        "margin": margin.mean(1).tolist(),
                                        "correct": ["".join("1" if c else "0" for c in row) for row in correct.tolist()]}
+    if cache is not None:
+        cached = sorted(n for n, s in status["models"].items() if s == "cached")
+        if cached:
+            info(f"implicit reward: {len(cached)} of {len(targets)} model(s) from the cache: {', '.join(cached)}")
+        result["cache"] = status
     return result
 
 

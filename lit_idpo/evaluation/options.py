@@ -107,7 +107,8 @@ class GenerationOptions:
 
 @dataclass
 class ImplicitOptions:
-    """Implicit-reward accuracy per layer (no generation; needs ``reference``).
+    """Implicit-reward accuracy per layer (no generation; needs ``reference``). Each model's log-probs
+    are cached per model in ``cache_dir``, so an evaluation extended by more models scores only those.
 
     Args:
         layers: ``auto`` (8 evenly spaced layers ending with the final one), ``all``, or a list of layer
