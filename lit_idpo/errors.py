@@ -26,3 +26,7 @@ class DataError(UserError, ValueError):
 
 class ModelSourceError(UserError, OSError):
     """A model source that cannot be loaded: a path that does not exist, or a Hub id unreachable offline."""
+
+
+class VerifierError(UserError, RuntimeError):
+    """A task's verifier (or the user's ``judge.verifier``) that raised, or gave no bool, on one response."""

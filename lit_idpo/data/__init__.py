@@ -47,15 +47,41 @@ files, directories, Hub datasets), :mod:`~lit_idpo.data.tokenize` (templating, t
 :mod:`~lit_idpo.data.collate` (pairs and batches), :mod:`~lit_idpo.data.sampler` (epoch shuffling, stateful
 and token-bounded training batches),
 :mod:`~lit_idpo.data.datamodule` (the LightningDataModule). Every public name is importable from
-``lit_idpo.data``. The bundled task's files (``*.jsonl``) live in this folder as package data.
+``lit_idpo.data``, loaded on first use (PEP 562): importing :mod:`lit_idpo.data.tasks` (the bundled
+verifiable tasks' generators and verifiers, pure Python) loads neither torch nor Lightning. The bundled
+task's files (``*.jsonl``) live in this folder as package data.
 """
 
-from lit_idpo.data.collate import PreferenceCollator, PreferencePairs
-from lit_idpo.data.datamodule import PreferenceDataModule
-from lit_idpo.data.rows import FORMATS, BadRowError, Message, NormalizedRow, detect_format, normalize_row
-from lit_idpo.data.sampler import EpochShuffleSampler, PairBatchSampler, ResumableDataLoader, token_bounded_batches
-from lit_idpo.data.sources import BUNDLED_PREFIX, SourceRows, load_split, read_json_rows, row_location
-from lit_idpo.data.tokenize import PairTokenizer, SplitStats, tokenize_rows, truncate_prompt
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BadRowError": "lit_idpo.data.rows",
+    "BUNDLED_PREFIX": "lit_idpo.data.sources",
+    "detect_format": "lit_idpo.data.rows",
+    "EpochShuffleSampler": "lit_idpo.data.sampler",
+    "FORMATS": "lit_idpo.data.rows",
+    "load_split": "lit_idpo.data.sources",
+    "Message": "lit_idpo.data.rows",
+    "normalize_row": "lit_idpo.data.rows",
+    "NormalizedRow": "lit_idpo.data.rows",
+    "PairBatchSampler": "lit_idpo.data.sampler",
+    "PairTokenizer": "lit_idpo.data.tokenize",
+    "PreferenceCollator": "lit_idpo.data.collate",
+    "PreferenceDataModule": "lit_idpo.data.datamodule",
+    "PreferencePairs": "lit_idpo.data.collate",
+    "read_json_rows": "lit_idpo.data.sources",
+    "ResumableDataLoader": "lit_idpo.data.sampler",
+    "row_location": "lit_idpo.data.sources",
+    "SourceRows": "lit_idpo.data.sources",
+    "SplitStats": "lit_idpo.data.tokenize",
+    "token_bounded_batches": "lit_idpo.data.sampler",
+    "tokenize_rows": "lit_idpo.data.tokenize",
+    "truncate_prompt": "lit_idpo.data.tokenize",
+}
 
 __all__ = [
     "BUNDLED_PREFIX",
@@ -81,3 +107,24 @@ __all__ = [
     "tokenize_rows",
     "truncate_prompt",
 ]
+
+if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run time
+    from lit_idpo.data.collate import PreferenceCollator, PreferencePairs
+    from lit_idpo.data.datamodule import PreferenceDataModule
+    from lit_idpo.data.rows import FORMATS, BadRowError, Message, NormalizedRow, detect_format, normalize_row
+    from lit_idpo.data.sampler import EpochShuffleSampler, PairBatchSampler, ResumableDataLoader, token_bounded_batches
+    from lit_idpo.data.sources import BUNDLED_PREFIX, SourceRows, load_split, read_json_rows, row_location
+    from lit_idpo.data.tokenize import PairTokenizer, SplitStats, tokenize_rows, truncate_prompt
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

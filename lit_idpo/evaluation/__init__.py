@@ -8,6 +8,7 @@ One concern per module:
 ``prompts``         the held-out prompts, read and rendered as the data module does
 ``generation``      responses per model, with the on-disk generation cache
 ``judges``          the judge interface, the ``rule`` and ``reward-model`` judges
+``verifiers``       the rule judge's user verifier (``judge.verifier: package.module:function``)
 ``openai_judge``    the ``openai`` judge (any OpenAI-compatible chat-completions server)
 ``judge_factory``   :class:`JudgeOptions` and :func:`build_judge`
 ``audit``           truncation share per model, where the two answer readings disagree
@@ -65,6 +66,7 @@ _EXPORTS = {
     "last_equation_answer": "lit_idpo.evaluation.answer_reading",
     "load_eval_model": "lit_idpo.evaluation.generation",
     "load_prompts": "lit_idpo.evaluation.prompts",
+    "load_verifier": "lit_idpo.evaluation.verifiers",
     "LogprobCache": "lit_idpo.evaluation.implicit_cache",
     "main": "lit_idpo.evaluation.command",
     "mean_interval": "lit_idpo.evaluation.statistics",
@@ -139,6 +141,7 @@ __all__ = [
     "last_equation_answer",
     "load_eval_model",
     "load_prompts",
+    "load_verifier",
     "LogprobCache",
     "main",
     "mean_interval",
@@ -236,6 +239,7 @@ if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run 
         t_quantile,
         wilson_interval,
     )
+    from lit_idpo.evaluation.verifiers import load_verifier
     from lit_idpo.fingerprint import model_fingerprint
 
 

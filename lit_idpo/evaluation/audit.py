@@ -6,8 +6,9 @@ Two checks ``lit-idpo evaluate`` runs on every model and puts in ``results.json`
   ``max_new_tokens``. Above :data:`TRUNCATION_WARN_SHARE` it warns: whatever reads the end of a
   response reads a cut one there, so results are not comparable across models that differ in length
   (issue 19: DPO's 18.7 % against layer 21's 6.5 % was the whole of a claimed gain).
-- **Reading disagreements** (:func:`reading_disagreements`, rule judge only): how many responses the
-  two answer readings (``asked_expression`` and ``last_equation``) score differently, and which way.
+- **Reading disagreements** (:func:`reading_disagreements`, rule judge on arithmetic rows only): how
+  many responses the two answer readings (``asked_expression`` and ``last_equation``) score
+  differently, and which way.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ TRUNCATION_WARN_SHARE = 0.05
 
 def reading_disagreements(judge: Judge, prompts: Sequence[PromptRecord], responses: Sequence[str],
                           truncated: Sequence[bool]) -> Optional[Dict[str, Any]]:
-    """Each response scored under both answer readings, and how often they differ (None unless ``judge`` is rule).
+    """Each response scored under both answer readings, and how often they differ.
+
+    None unless ``judge`` is the rule judge and every prompt is of the arithmetic task (the readings are
+    arithmetic's; a ``judge.verifier`` or another task has none).
 
     Returns ``{"extraction": the judge's reading, "responses": n, "correct": {reading: count},
     "disagree": k, "right_only_under": {reading: count}, "per_response": [{reading: 0/1}, ...]}``.
     """
-    if not isinstance(judge, RuleJudge):
+    if not isinstance(judge, RuleJudge) or any(judge.task_of(r.row) != "arithmetic" for r in prompts):
         return None
     per_response: List[Dict[str, float]] = []
     for record, response, cut in zip(prompts, responses, truncated):

@@ -37,7 +37,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from lit_idpo.errors import ConfigError
+from lit_idpo.errors import ConfigError, VerifierError
 from lit_idpo.evaluation._util import info
 from lit_idpo.evaluation.audit import reading_disagreements, truncation_check
 from lit_idpo.evaluation.generation import generate_responses
@@ -72,14 +72,18 @@ def _check_pairs(names: List[str], pairs: Optional[Sequence[Tuple[str, str]]]) -
     return pairs
 
 
-def _score(judge: Judge, record, response: str, truncated: bool) -> Optional[float]:
+def _score(judge: Judge, record, response: str, truncated: bool, model: str = "") -> Optional[float]:
     """The judge's absolute score of one response, telling it whether the response was cut, if it can be told.
 
-    A judge written before ``score`` took ``truncated`` keeps working (it is simply not told).
+    A judge written before ``score`` took ``truncated`` keeps working (it is simply not told). A
+    verifier that fails on the response is named with the prompt's index in the split and the model.
     """
-    if "truncated" in inspect.signature(judge.score).parameters:
-        return judge.score(record.prompt, response, record.row, truncated=truncated)
-    return judge.score(record.prompt, response, record.row)
+    try:
+        if "truncated" in inspect.signature(judge.score).parameters:
+            return judge.score(record.prompt, response, record.row, truncated=truncated)
+        return judge.score(record.prompt, response, record.row)
+    except VerifierError as err:
+        raise VerifierError(f"prompt index {record.index}{f' (model {model})' if model else ''}: {err}") from err
 
 
 def _jsonl(records: Sequence[Dict[str, Any]]) -> str:
@@ -145,7 +149,8 @@ def evaluate(models: Sequence[ModelSpec], output_dir: Union[str, Path], *, judge
             gens, summary = generate_responses(spec, prompts, generation, cache, progress=progress)
             responses[spec.name] = [g.response for g in gens]
             truncated[spec.name] = [g.stopped == "length" for g in gens]
-            scores = [_score(judge, r, g.response, cut) for r, g, cut in zip(prompts, gens, truncated[spec.name])]
+            scores = [_score(judge, r, g.response, cut, spec.name)
+                      for r, g, cut in zip(prompts, gens, truncated[spec.name])]
             has_scores = all(s is not None for s in scores)
             readings = reading_disagreements(judge, prompts, responses[spec.name], truncated[spec.name])
             per_response = readings.pop("per_response") if readings else [None] * len(gens)

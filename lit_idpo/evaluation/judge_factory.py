@@ -49,14 +49,23 @@ class JudgeOptions:
     """The pairwise judge and its options (each option names the judge that reads it).
 
     Args:
-        name: ``rule`` (verifiable answers), ``openai`` (an OpenAI-compatible chat-completions
-            server), ``reward-model`` (a sequence-classification model), or ``none`` (no judging; then
-            give ``reference``).
-        answer_field: rule: the row field with the true answer (default ``answer``).
-        extraction: rule: how a response's answer is read: ``asked_expression`` (default: the result it
-            states for the asked ``a op b``, every such result right; prompts ``What is a op b? ...``)
-            or ``last_equation`` (the older reading: the first number after the last ``=``, else the
-            last number). Named in every report.
+        name: ``rule`` (verifiable tasks: a program checks each response), ``openai`` (an
+            OpenAI-compatible chat-completions server), ``reward-model`` (a sequence-classification
+            model), or ``none`` (no judging; then give ``reference``).
+        verifier: rule: your own verifier, ``package.module:function``, for data of your own: a function
+            ``function(row, response, truncated) -> bool`` called for every response with the prompt's
+            whole source row (every field of the data), the response, and whether it stopped at
+            ``generation.max_new_tokens``; True means right. E.g. ``verifier: my_checks:is_correct`` with
+            ``def is_correct(row, response, truncated): return row["expected"] in response`` in
+            ``my_checks.py`` (in the working directory or on PYTHONPATH). Default: the verifier of the
+            bundled task each row belongs to (its ``task`` field; ``constraints``: the instructions task;
+            an ``answer``: arithmetic). A verifier that cannot be imported, raises, or returns a non-bool
+            is a one-line error naming it.
+        answer_field: rule, arithmetic task: the row field with the true answer (default ``answer``).
+        extraction: rule, arithmetic task: how a response's answer is read: ``asked_expression``
+            (default: the result it states for the asked ``a op b``, every such result right; prompts
+            ``What is a op b? ...``) or ``last_equation`` (the older reading: the first number after the
+            last ``=``, else the last number). Named in every report.
         base_url: openai: the API root, e.g. ``https://api.openai.com/v1`` (required).
         model: openai: the judge model's name on that server, e.g. ``gpt-4o`` (required).
         api_key_env: openai: the environment variable holding the API key (default
@@ -80,6 +89,7 @@ class JudgeOptions:
     """
 
     name: str = "rule"
+    verifier: Optional[str] = None
     answer_field: Optional[str] = None
     extraction: Optional[str] = None
     base_url: Optional[str] = None

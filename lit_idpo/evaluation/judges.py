@@ -9,10 +9,11 @@ correct its own position bias.
 
 Judges:
 
-- :class:`RuleJudge` (``rule``): for verifiable tasks such as ``bundled:arithmetic``. A response is
-  right when the result it states for the asked expression is the row's ``answer``
-  (:func:`lit_idpo.evaluation.is_correct`; ``extraction: last_equation`` selects the older reading);
-  the right one wins, both right or both wrong is a tie. Exact, free, no model.
+- :class:`RuleJudge` (``rule``): for verifiable tasks. A response is right or wrong by the verifier
+  of the bundled task its row belongs to (:mod:`lit_idpo.data.tasks`: ``bundled:arithmetic`` reads
+  the result stated for the asked expression, the instructions task checks each constraint), or by
+  the user's own (``judge.verifier: package.module:function``); the right one wins, both right or both
+  wrong is a tie. Exact, free, no model.
 - :class:`~lit_idpo.evaluation.openai_judge.OpenAIJudge` (``openai``): any OpenAI-compatible
   chat-completions server (its own module).
 - :class:`RewardModelJudge` (``reward-model``): any Hugging Face sequence-classification model
@@ -27,9 +28,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from lit_idpo.errors import ConfigError
-from lit_idpo.evaluation.answer_reading import DEFAULT_EXTRACTION, EXTRACTIONS, score_response
+from lit_idpo.data.tasks import TASK_FIELD, TASKS, task_of, task_verifier
+from lit_idpo.data.tasks.arithmetic import is_correct as score_arithmetic
+from lit_idpo.errors import ConfigError, UserError
+from lit_idpo.evaluation.answer_reading import DEFAULT_EXTRACTION, EXTRACTIONS
 from lit_idpo.evaluation.prompts import Prompt
+from lit_idpo.evaluation.verifiers import EXAMPLE as VERIFIER_EXAMPLE
+from lit_idpo.evaluation.verifiers import call_verifier, describe_row, load_verifier
 
 WINNERS = ("A", "B", "tie")
 
@@ -39,7 +44,8 @@ class Comparison:
     """One pairwise question: which of ``response_a`` (shown first) and ``response_b`` is better.
 
     ``prompt`` is the prompt as the data holds it (a string, or a list of chat messages); ``row`` is
-    the prompt's source row, for judges that read extra fields (the rule judge reads ``answer``).
+    the prompt's source row, for judges that read extra fields (the rule judge's verifiers read ``answer``,
+    ``constraints`` or whatever the user's own verifier needs).
     ``truncated_a`` / ``truncated_b``: whether that response's generation stopped at its length limit
     (the rule judge then ignores a number cut at the end). Only the rule judge reads them, and it caches
     no verdicts, so they are not part of the verdict cache's key.
@@ -96,53 +102,89 @@ class Judge(ABC):
 
 
 class RuleJudge(Judge):
-    """Exact judge for verifiable tasks: the response that states the right answer wins.
+    """Exact judge for verifiable tasks: a right response beats a wrong one; both right or both wrong tie.
+
+    Right and wrong come from a verifier, ``is_correct(row, response, truncated) -> bool``:
+
+    - with ``verifier`` (``judge.verifier: package.module:function``), the user's own, for every prompt,
+      called with the prompt's whole source row (:mod:`lit_idpo.evaluation.verifiers`);
+    - without it, the verifier of the bundled task each row belongs to (:mod:`lit_idpo.data.tasks`):
+      its ``task`` field, else ``constraints`` -> the instructions task, else the answer field ->
+      the arithmetic task (the result the response states for the asked ``a op b``). A row of no
+      task is an error that names ``judge.verifier``. The bundled verifiers see the row with its
+      ``prompt`` set to the prompt the model was shown.
 
     Args:
-        answer_field: the row field holding the true integer answer (``answer`` in ``bundled:arithmetic``).
-        extraction: how the stated answer is read (:mod:`lit_idpo.evaluation.answer_reading`):
+        answer_field: arithmetic: the row field holding the true integer answer (default ``answer``).
+        extraction: arithmetic: how the stated answer is read (:mod:`lit_idpo.evaluation.answer_reading`):
             ``asked_expression`` (default; the result stated for the asked ``a op b``, every such result
             right, prompts ``"What is a op b? ..."``) or ``last_equation`` (the reading before issue 19:
             the first number after the last ``=``, else the last number; kept for comparison).
+        verifier: ``package.module:function``, the user's verifier for every prompt (then
+            ``answer_field`` and ``extraction``, which only the arithmetic task reads, may not be given).
     """
 
     name = "rule"
 
-    def __init__(self, answer_field: str = "answer", extraction: str = DEFAULT_EXTRACTION):
+    def __init__(self, answer_field: Optional[str] = None, extraction: Optional[str] = None,
+                 verifier: Optional[str] = None):
+        if verifier is not None and (answer_field is not None or extraction is not None):
+            given = [f"judge.{k}" for k, v in (("answer_field", answer_field), ("extraction", extraction)) if v]
+            raise ConfigError(f"judge.verifier is set, so {' and '.join(given)} (read only by the bundled arithmetic "
+                              f"task) would be ignored; remove {'them' if len(given) > 1 else 'it'}, or remove "
+                              f"judge.verifier")
+        extraction = DEFAULT_EXTRACTION if extraction is None else extraction
         if extraction not in EXTRACTIONS:
             raise ConfigError(f"judge.extraction={extraction!r} is unknown; choose one of {', '.join(EXTRACTIONS)} "
                               f"({DEFAULT_EXTRACTION} is the default)")
-        self.answer_field = answer_field
+        self.answer_field = "answer" if answer_field is None else answer_field
         self.extraction = extraction
+        self.verifier = verifier
+        self._verifier = load_verifier(verifier) if verifier is not None else None
 
-    def _answer(self, row: Mapping[str, Any]) -> int:
-        value = row.get(self.answer_field) if isinstance(row, Mapping) else None
-        if value is None or isinstance(value, bool):
-            raise ConfigError(
-                f"rule judge: the prompt row has no {self.answer_field!r} field "
-                f"(fields: {sorted(row) if isinstance(row, Mapping) else row!r}); "
-                f"the rule judge needs the true answer of every prompt. Use a verifiable source such as "
-                f"bundled:arithmetic, set judge.answer_field to the field that holds the answer, or choose "
-                f"another judge (openai, reward-model)."
-            )
+    def task_of(self, row: Mapping[str, Any]) -> str:
+        """The bundled task whose verifier judges this row (``verifier`` when the user's own does)."""
+        if self._verifier is not None:
+            return "verifier"
         try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"rule judge: field {self.answer_field!r} is {value!r}; it must be an integer "
-                              f"answer.") from None
+            task = task_of(row, self.answer_field)
+        except ValueError as err:
+            raise ConfigError(f"rule judge: {err} ({describe_row(row)}); or name your own verifier with "
+                              f"{VERIFIER_EXAMPLE}") from None
+        if task is None:
+            fields = sorted(row) if isinstance(row, Mapping) else row
+            raise ConfigError(
+                f"rule judge: the prompt row ({describe_row(row)}) belongs to no bundled task (fields: {fields}): it "
+                f"has no {TASK_FIELD!r} field naming one of {', '.join(TASKS)}, no 'constraints' (instructions) "
+                f"and no {self.answer_field!r} field (arithmetic). Name your own verifier with {VERIFIER_EXAMPLE}, "
+                f"set judge.answer_field to the field that holds the arithmetic answer, or choose another judge "
+                f"(openai, reward-model).")
+        return task
+
+    def is_correct(self, prompt: Prompt, response: str, row: Mapping[str, Any], *, truncated: bool = False,
+                   extraction: Optional[str] = None) -> bool:
+        """Whether the response is right, by the verifier this row gets (``extraction``: arithmetic's reading)."""
+        if self._verifier is not None:
+            return call_verifier(self._verifier, self.verifier, row, response, truncated)
+        task = self.task_of(row)
+        shown = {**row, "prompt": prompt}
+        try:
+            if task == "arithmetic":
+                return score_arithmetic(shown, response, truncated, answer_field=self.answer_field,
+                                        extraction=self.extraction if extraction is None else extraction)
+            return bool(task_verifier(task)(shown, response, truncated))
+        except UserError:
+            raise
+        except ValueError as err:  # a row the task cannot read (no integer answer, a prompt without "a op b")
+            raise ConfigError(f"rule judge ({task} task): {err}") from None
 
     def score(self, prompt: Prompt, response: str, row: Mapping[str, Any], *, truncated: bool = False) -> float:
-        return self.score_with(self.extraction, prompt, response, row, truncated=truncated)
+        return 1.0 if self.is_correct(prompt, response, row, truncated=truncated) else 0.0
 
     def score_with(self, extraction: str, prompt: Prompt, response: str, row: Mapping[str, Any], *,
                    truncated: bool = False) -> float:
-        """The score (1.0 right, 0.0 wrong) under the named reading, whichever this judge uses (for audits)."""
-        answer = self._answer(row)
-        try:
-            right = score_response(response, answer, prompt=prompt, truncated=truncated, extraction=extraction)
-        except ValueError as err:  # a prompt that asks no "a op b"
-            raise ConfigError(f"rule judge: {err}") from None
-        return 1.0 if right else 0.0
+        """The score (1.0 right, 0.0 wrong) under the named arithmetic reading, whichever this judge uses (audits)."""
+        return 1.0 if self.is_correct(prompt, response, row, truncated=truncated, extraction=extraction) else 0.0
 
     def judge(self, comparisons: Sequence[Comparison]) -> List[Verdict]:
         verdicts = []
@@ -156,8 +198,9 @@ class RuleJudge(Judge):
         return verdicts
 
     def describe(self) -> Dict[str, Any]:
+        if self.verifier is not None:
+            return {"name": self.name, "verifier": self.verifier}
         return {"name": self.name, "answer_field": self.answer_field, "extraction": self.extraction}
-
 
 
 # --------------------------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ class PromptRecord:
 def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]:
     """The prompts of a held-out split, validated and normalised as the data module does.
 
-    Each row is kept whole, so judges can read extra fields (the rule judge reads ``answer``).
+    Each row is kept whole, so judges can read extra fields (the rule judge's verifiers: ``answer``,
+    ``constraints``, or any field a ``judge.verifier`` reads).
     Returns the records (in split order) and counts: rows read, prompts kept, skipped per reason.
     """
     from lit_idpo.data import BadRowError, detect_format, load_split, normalize_row, row_location

@@ -22,6 +22,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     lines.append(f"Prompts: {prompts['prompts']} from split `{prompts['split']}` of `{prompts['source']}`; "
                  f"judge: `{judge['name']}`" + (f" ({judge['model']})" if judge.get("model") else "") +
                  (f" (answer reading: `{judge['extraction']}`)" if judge.get("extraction") else "") +
+                 (f" (verifier: `{judge['verifier']}`)" if judge.get("verifier") else "") +
                  f"; generation: {_generation_line(results['generation'])}.")
     if results.get("pairs"):
         conf = round(100 * results["pairs"][0]["confidence"])
