@@ -1,10 +1,15 @@
 """Benchmark of the fused LM-head log-prob op (``linear_logprobs``) against the alternatives.
 
-    python benchmarks/bench_linear_logprobs.py                  # CPU: SmolLM2-135M head, fp32
+    python benchmarks/bench_linear_logprobs.py                  # CPU: SmolLM2-135M head, fp32 and bf16
+    python benchmarks/bench_linear_logprobs.py --dtypes bfloat16 --rows 512,2048   # CPU, bf16 rows only
     python benchmarks/bench_linear_logprobs.py --quick          # small smoke test
+    python benchmarks/bench_linear_logprobs.py --quick --rows 64 --vocab 1000 --repeats 1   # tiny smoke test
     python benchmarks/bench_linear_logprobs.py --device cuda    # Llama-3-8B head, bf16
 
-Methods, side by side on the same inputs:
+Methods, side by side on the same inputs, in each dtype of ``--dtypes`` (CPU: float32 and bfloat16; a CPU
+with AVX512-BF16 or AMX runs bf16 matmuls several times faster, issue 20). The inputs are created in that
+dtype: under bf16-mixed training the op also casts the fp32 master weight once per call, as autocast does
+for eager's ``F.linear``.
   naive       eager PyTorch through linear_logprobs, backend "naive": materialises [N, V] logits
   ours        linear_logprobs, backend "torch" on CPU, "triton" on CUDA
   torch_lce   PyTorch's own chunked torch.nn.functional.linear_cross_entropy(reduction="none",
@@ -69,19 +74,26 @@ class Case:
     grads: str  # key of GRADS
 
 
-def cases_for(device: str, quick: bool) -> list[Case]:
-    if device == "cuda":
-        d, vocab, dtype = 4096, 128256, "bfloat16"  # Llama-3-8B head
-        if quick:
-            return [Case(4096, d, vocab, 1, dtype, "hidden+weight")]
-        out = [Case(n, d, vocab, 1, dtype, g) for n in (4096, 8192, 16384, 32768) for g in ("hidden+weight", "hidden")]
-        return out + [Case(4 * 4096, d, vocab, 4, dtype, "hidden+weight"), Case(8192, d, vocab, 1, dtype, "none")]
-    d, vocab, dtype = 576, 49152, "float32"  # SmolLM2-135M head
-    if quick:
-        return [Case(512, d, 16384, 1, dtype, "hidden+weight"), Case(512, d, 16384, 1, dtype, "hidden")]
-    out = [Case(n, d, vocab, 1, dtype, g) for n in (2048, 4096, 8192) for g in ("hidden+weight", "hidden")]
-    out += [Case(4 * 1024, d, vocab, 4, dtype, g) for g in ("hidden+weight", "hidden")]
-    return out + [Case(4096, d, vocab, 1, dtype, "none")]
+def cases_for(device: str, quick: bool, dtypes=None, rows=None, vocab=None) -> list[Case]:
+    """The cases per dtype; ``rows`` (values of N) and ``vocab`` replace the defaults (e.g. a tiny smoke test)."""
+    if device == "cuda":  # Llama-3-8B head
+        d, v, dtypes, sizes = 4096, 128256, dtypes or ["bfloat16"], [4096] if quick else [4096, 8192, 16384, 32768]
+        grads, stacked, no_grad = ["hidden+weight"] if quick else ["hidden+weight", "hidden"], ["hidden+weight"], 8192
+        stacked_n = 4 * 4096
+    else:  # SmolLM2-135M head
+        d, v, dtypes = 576, 16384 if quick else 49152, dtypes or ["float32", "bfloat16"]
+        sizes = [512] if quick else [2048, 4096, 8192]
+        grads = stacked = ["hidden+weight", "hidden"]
+        no_grad, stacked_n = 4096, 4 * 1024
+    if rows:
+        sizes, no_grad, stacked_n = rows, max(rows), max(4, 4 * (max(rows) // 4))
+    v = vocab or v
+    out = []
+    for dtype in dtypes:
+        out += [Case(n, d, v, 1, dtype, g) for n in sizes for g in grads]
+        if not quick:  # all layers' rows stacked into one call; the reference model's no-grad pass
+            out += [Case(stacked_n, d, v, 4, dtype, g) for g in stacked] + [Case(no_grad, d, v, 1, dtype, "none")]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -337,6 +349,10 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default: cpu)")
     parser.add_argument("--quick", action="store_true", help="a small subset, for smoke testing")
+    parser.add_argument("--dtypes", default=None, help="comma-separated input dtypes (default: float32,bfloat16 "
+                        "on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--rows", default=None, help="comma-separated row counts N replacing the default sizes")
+    parser.add_argument("--vocab", type=int, default=None, help="vocabulary size replacing the default")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for the CSV and plot")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -376,7 +392,8 @@ def main(argv=None):
 
     rows = []
     load_start = loadavg()
-    for case in cases_for(args.device, args.quick):
+    split = lambda text, kind=str: [kind(x) for x in text.split(",")] if text else None
+    for case in cases_for(args.device, args.quick, split(args.dtypes), split(args.rows, int), args.vocab):
         print(f"[bench] case {case}", flush=True)
         for row in run_case(case, methods, args.device, args.repeats, not args.no_memory, args.wait_idle):
             tflops = None
@@ -395,22 +412,24 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
 
-    naive = {(r["n"], r["layers"], r["requires_grad"]): r for r in rows if r["method"] == "naive"}
+    naive = {(r["n"], r["layers"], r["requires_grad"], r["dtype"]): r for r in rows if r["method"] == "naive"}
     print(f"\n{meta['device']}; torch {meta['torch']}, triton {meta['triton']}, python {meta['python']}; "
           f"load average {load_start:.2f} at start, {load_end:.2f} at end; median of {args.repeats}\n")
-    head = "| N | layers | grads | method | fwd+bwd s | fwd s | peak extra MiB | time / naive | memory / naive |"
+    head = ("| dtype | N | layers | grads | method | fwd+bwd s | fwd s | peak extra MiB | time / naive "
+            "| memory / naive |")
     if args.device == "cuda":
         head += " TFLOP/s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        base = naive.get((r["n"], r["layers"], r["requires_grad"]))
+        base = naive.get((r["n"], r["layers"], r["requires_grad"], r["dtype"]))  # naive in the same dtype
         t_key = "fwd_bwd_s" if r["fwd_bwd_s"] is not None else "fwd_s"
         t_ratio = r[t_key] / base[t_key] if (base and base[t_key] and r[t_key]) else None
         comparable = base and base["peak_extra_mb"] and r["peak_extra_mb"] is not None
         m_ratio = r["peak_extra_mb"] / base["peak_extra_mb"] if comparable else None
         line = (
-            f"| {r['n']} | {r['layers']} | {r['requires_grad']} | {r['method']} | {fmt(r['fwd_bwd_s'], '.2f')} | "
+            f"| {r['dtype']} | {r['n']} | {r['layers']} | {r['requires_grad']} | {r['method']} | "
+            f"{fmt(r['fwd_bwd_s'], '.2f')} | "
             f"{fmt(r['fwd_s'], '.2f')} | {fmt(r['peak_extra_mb'], '.0f')} | "
             f"{fmt(t_ratio, '.2f')} | {fmt(m_ratio, '.3f')} |"
         )
@@ -431,13 +450,13 @@ def plot(rows, path):
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for grads, style in (("hidden+weight", "-o"), ("hidden", "--s")):
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for method, dtype in dict.fromkeys((r["method"], r["dtype"]) for r in rows):
             pts = sorted((r["n"], r["fwd_bwd_s"], r["peak_extra_mb"]) for r in rows
-                         if r["method"] == method and r["requires_grad"] == grads and r["layers"] == 1
-                         and r["fwd_bwd_s"])
+                         if (r["method"], r["dtype"]) == (method, dtype) and r["requires_grad"] == grads
+                         and r["layers"] == 1 and r["fwd_bwd_s"])
             if not pts:
                 continue
-            label = f"{method} ({'weight frozen' if grads == 'hidden' else 'both grads'})"
+            label = f"{method} {dtype} ({'weight frozen' if grads == 'hidden' else 'both grads'})"
             axes[0].plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
             if all(p[2] is not None for p in pts):
                 axes[1].plot([p[0] for p in pts], [p[2] for p in pts], style, label=label)

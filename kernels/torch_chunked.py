@@ -6,6 +6,11 @@ place (max, exp, sum) to the log-probs. Three modes, chosen from what needs a gr
 backward only scales it), weight trained (the forward saves lse; backward recomputes each chunk's
 logits). ``p - onehot`` is formed in full precision before any low-precision matmul.
 
+bf16/fp16 inputs (what the op hands down under bf16 autocast): every matmul runs in the input dtype,
+which CPU (oneDNN: AVX512-BF16, AMX) and CUDA kernels accumulate in fp32, as eager's matmuls do; max,
+exp, sum, the logsumexp and the target gathers run in fp32 on the tile. The gradients' ``[c, V]``
+operand is ``g * (p - onehot)`` rounded to the input dtype once, as eager autograd's bf16 dlogits.
+
 Math, costs (2-8 NVd FLOPs by mode), memory, precision and the chunk-size rule: docs/kernels.md,
 "The torch backend"; measured numbers: benchmarks/RESULTS.md.
 """
@@ -62,22 +67,19 @@ class _Tiles:
             return torch.mm(h_c, weight.t(), out=tile)
         return tile.copy_(torch.mm(h_c, weight.t(), out=self.low[:c]))
 
-    def times_weight(self, tile: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None, out=None):
-        """``(tile * scale) @ weight`` -> ``[c, d]``; ``scale [c, 1]`` optional.
-
-        Low precision: the scale is applied while casting the tile to the input dtype, so the matmul's
-        (fp32-accumulated) result is rounded to the input dtype only once. Full precision: scaling
-        the small ``[c, d]`` result is cheaper than a pass over the tile.
-        """
+    def times_weight(self, tile: torch.Tensor, weight: torch.Tensor, out=None):
+        """``tile @ weight`` -> ``[c, d]``. Low precision: the tile is rounded to the input dtype once."""
         if self.low is None:
-            res = torch.mm(tile, weight, out=out)
-            return res if scale is None else res.mul_(scale)
-        low = self.low[: tile.shape[0]]
-        if scale is None:
-            low.copy_(tile)
-        else:
-            torch.mul(tile, scale, out=low)
-        return torch.mm(low, weight, out=out)
+            return torch.mm(tile, weight, out=out)
+        return torch.mm(self.rounded(tile), weight, out=out)
+
+    def rounded(self, tile: torch.Tensor) -> torch.Tensor:
+        """The ``[c, V]`` accumulation tile rounded into the low-precision twin (its view is returned).
+
+        A plain dtype copy: on a CPU a mixed-dtype elementwise op with a bf16 output (``torch.mul(tile, g,
+        out=low)``) measured ~1.5x slower than the in-place fp32 op followed by this copy.
+        """
+        return self.low[: tile.shape[0]].copy_(tile)
 
 
 def _chunked_forward(
@@ -146,9 +148,9 @@ class _LinearLogprobsFunction(torch.autograd.Function):
         chunk_rows = ctx.chunk_rows
         neg_g = grad_out.to(acc).neg().unsqueeze(1)  # [N, 1]; dL/dz = g * (onehot - p) = -g * (p - onehot)
         tiles = _Tiles(min(chunk_rows, n), vocab, hidden.dtype, acc, hidden.device)
+        low = tiles.low is not None
         grad_h = torch.empty(n, d, dtype=hidden.dtype, device=hidden.device) if need_h else None  # [N, d]
-        # Accumulate across chunks in the accumulation dtype (for fp32/fp64 inputs this IS the gradient).
-        grad_w = torch.zeros(vocab, d, dtype=acc, device=weight.device) if need_w else None  # [V, d]
+        grad_w = _WeightGrad(vocab, d, weight, one_chunk=n <= chunk_rows) if need_w else None  # [V, d]
         minus_one = torch.full((min(chunk_rows, n), 1), -1.0, dtype=acc, device=hidden.device)
         for start in range(0, n, chunk_rows):
             stop = min(start + chunk_rows, n)
@@ -158,14 +160,57 @@ class _LinearLogprobsFunction(torch.autograd.Function):
             tile.sub_(lse[start:stop].unsqueeze(1)).exp_()  # p, from the forward's lse: no max/sum pass
             tile.scatter_add_(1, idx, minus_one[: stop - start])  # p - onehot
             g_c = neg_g[start:stop]  # [c, 1]
+            if low:
+                # dz = -g * (p - onehot), formed in full precision and rounded to the input dtype once: eager
+                # autograd's bf16 dlogits. Both gradient matmuls then run in the input dtype (fp32 accumulation
+                # inside), as eager's do. The fp32 weight-gradient matmul this replaces cost 3x the bf16 one
+                # (one thread, this CPU with AMX) and kept the whole path near fp32 speed.
+                dz = tiles.rounded(tile.mul_(g_c))  # [c, V] in the input dtype
+                if grad_h is not None:
+                    torch.mm(dz, weight, out=grad_h[start:stop])  # [c, d]
+                if grad_w is not None:
+                    grad_w.add(dz.t(), h_c)  # [V, c] @ [c, d]
+                continue
+            # Full precision: g scales the small [c, d] operands, never the [c, V] tile.
             if grad_h is not None:
-                tiles.times_weight(tile, weight, scale=g_c, out=grad_h[start:stop])  # [c, d]
+                torch.mm(tile, weight, out=grad_h[start:stop]).mul_(g_c)  # [c, d]
             if grad_w is not None:
-                # [V, c] @ [c, d] accumulated in place; g scales the small [c, d] operand, not the tile.
-                grad_w.addmm_(tile.t(), h_c.to(acc) * g_c)
-        if grad_w is not None:
-            grad_w = grad_w.to(weight.dtype)
-        return grad_h, grad_w, None, None
+                grad_w.add(tile.t(), h_c * g_c)  # [V, c] @ [c, d]
+        return grad_h, None if grad_w is None else grad_w.result(), None, None
+
+
+class _WeightGrad:
+    """The ``[V, d]`` weight gradient, summed over row chunks.
+
+    Full precision: one ``addmm_`` per chunk into the gradient itself. Low precision: each chunk's product
+    comes from an input-dtype matmul (fp32 accumulation inside, one rounding of the chunk's sum, as eager's
+    single matmul rounds once); with one chunk that product IS the gradient, with several the products are
+    summed in an fp32 buffer and rounded once at the end (error up to ~one extra rounding per chunk on
+    entries whose chunk sums cancel; the tests hold it to eager + tolerance).
+    """
+
+    def __init__(self, vocab: int, d: int, weight: torch.Tensor, one_chunk: bool):
+        self.dtype = weight.dtype
+        self.low = accumulation_dtype(weight.dtype) != weight.dtype
+        self.one_chunk = one_chunk
+        self.total = None
+        if not self.low:
+            self.total = torch.zeros(vocab, d, dtype=weight.dtype, device=weight.device)
+        elif not one_chunk:
+            self.total = torch.zeros(vocab, d, dtype=accumulation_dtype(weight.dtype), device=weight.device)
+            self.part = torch.empty(vocab, d, dtype=weight.dtype, device=weight.device)
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add ``a @ b`` (``[V, c] @ [c, d]``)."""
+        if not self.low:
+            self.total.addmm_(a, b)
+        elif self.one_chunk:
+            self.total = torch.mm(a, b)
+        else:
+            self.total.add_(torch.mm(a, b, out=self.part))
+
+    def result(self) -> torch.Tensor:
+        return self.total.to(self.dtype)
 
 
 def torch_linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, options) -> torch.Tensor:

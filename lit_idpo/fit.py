@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 from lit_idpo.data import PreferenceDataModule  # noqa: E402
 from lit_idpo.errors import ConfigError  # noqa: E402
 from lit_idpo.module import IntermediateDPO, load_checkpoint_safely  # noqa: E402
+from lit_idpo.trainer import Trainer  # noqa: E402
 
 __all__ = ["IntermediateDPOCLI", "parse_fit_config", "run_fit"]
 
@@ -36,7 +37,14 @@ def _one_line(message: str) -> str:
 
 
 class IntermediateDPOCLI(LightningCLI):
-    """LightningCLI with the tokenizer tied to the policy, config errors as ConfigError, and a closing summary."""
+    """LightningCLI with the tokenizer tied to the policy, config errors as ConfigError, and a closing summary.
+
+    Its Trainer is :class:`lit_idpo.trainer.Trainer` (``trainer.precision: auto``) unless ``trainer_class`` says
+    otherwise.
+    """
+
+    def __init__(self, *args, trainer_class=Trainer, **kwargs):
+        super().__init__(*args, trainer_class=trainer_class, **kwargs)
 
     def init_parser(self, **kwargs):
         # Called for the main parser and each subcommand's. Raise instead of printing the ~80-line usage and

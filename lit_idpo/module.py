@@ -125,7 +125,7 @@ class IntermediateDPO(LightningModule):
             a cache that does not match (or cannot be read) stops the run with an error naming what
             differs: delete the directory to rebuild it. Needs the data as a ``PreferenceDataModule``.
         dtype: weights' dtype when loading (``float32``, ``bfloat16``, ``float16``); mixed precision
-            is Lightning's ``trainer.precision``.
+            is ``trainer.precision`` (``auto``: bf16-mixed where the device multiplies natively in bf16).
         backend: LM-head kernel: ``auto`` (triton on CUDA, torch elsewhere), ``torch``, ``triton``, or
             ``naive`` (materialises full logits; for comparison).
         freeze_embeddings: keep the input embeddings and the LM head frozen (with tied embeddings they

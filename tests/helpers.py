@@ -55,6 +55,30 @@ def head_truth(hidden, weight, targets, upstream, ignore_index: int = IGNORE_IND
     return value.detach(), grad_h, grad_w
 
 
+def assert_no_worse_than_eager(fused, eager, truth, eps):
+    """The Cut Cross-Entropy rule: err(fused) <= err(eager) + tol against the float64 ``truth``, for the value
+    and both gradients (``(value, grad_hidden, grad_weight)`` triples; a None gradient, frozen, is skipped),
+    in max and in mean abs error. ``eps``: the input dtype's machine epsilon.
+
+    Max error: tol = two ulps of the largest entry. The gradients come back in the input dtype, so
+    both sides carry a final rounding of up to half an ulp per entry, and the largest of N*d errors
+    is a noisy statistic: a different (even better) result can land an ulp or two away somewhere.
+    Mean error: tol = one ulp of the mean entry; this one catches a systematic loss of accuracy.
+    """
+    for name, f, e, ref in zip(("value", "grad_hidden", "grad_weight"), fused, eager, truth):
+        if f is None and e is None:
+            continue
+        err_f, err_e = (f.double() - ref).abs(), (e.double() - ref).abs()
+        tol_max = 2 * eps * ref.abs().max().item()
+        tol_mean = eps * ref.abs().mean().item()
+        assert err_f.max() <= err_e.max() + tol_max, (
+            f"{name}: fused max error {err_f.max():.3g} > eager {err_e.max():.3g} + {tol_max:.3g}"
+        )
+        assert err_f.mean() <= err_e.mean() + tol_mean, (
+            f"{name}: fused mean error {err_f.mean():.3g} > eager {err_e.mean():.3g} + {tol_mean:.3g}"
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # Token batches
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import head_inputs, head_truth
+from helpers import assert_no_worse_than_eager, head_inputs, head_truth
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -172,26 +172,6 @@ def test_gradcheck_fast_mode(frozen):
 # --------------------------------------------------------------------------------------------------
 
 
-def _assert_no_worse(fused, eager, truth, eps):
-    """err(fused) <= err(eager) + tol for the value and both gradients, in max and in mean abs error.
-
-    Max error: tol = two ulps of the largest entry. The gradients come back in the input dtype, so
-    both sides carry a final rounding of up to half an ulp per entry, and the largest of N*d errors
-    is a noisy statistic: a different (even better) result can land an ulp or two away somewhere.
-    Mean error: tol = one ulp of the mean entry; this one catches a systematic loss of accuracy.
-    """
-    for name, f, e, ref in zip(("value", "grad_hidden", "grad_weight"), fused, eager, truth):
-        err_f, err_e = (f.double() - ref).abs(), (e.double() - ref).abs()
-        tol_max = 2 * eps * ref.abs().max().item()
-        tol_mean = eps * ref.abs().mean().item()
-        assert err_f.max() <= err_e.max() + tol_max, (
-            f"{name}: fused max error {err_f.max():.3g} > eager {err_e.max():.3g} + {tol_max:.3g}"
-        )
-        assert err_f.mean() <= err_e.mean() + tol_mean, (
-            f"{name}: fused mean error {err_f.mean():.3g} > eager {err_e.mean():.3g} + {tol_mean:.3g}"
-        )
-
-
 def _no_worse_than_eager(hidden, weight, targets, upstream, fused_fn):
     truth = head_truth(hidden, weight, targets, upstream)
     fused = _run(fused_fn, hidden, weight, targets, upstream)
@@ -199,7 +179,7 @@ def _no_worse_than_eager(hidden, weight, targets, upstream, fused_fn):
     out_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     assert fused[0].dtype == out_dtype
     assert fused[1].dtype == fused[2].dtype == hidden.dtype
-    _assert_no_worse(fused, eager, truth, torch.finfo(hidden.dtype).eps)
+    assert_no_worse_than_eager(fused, eager, truth, torch.finfo(hidden.dtype).eps)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

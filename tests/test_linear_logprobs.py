@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import head_truth
+from helpers import assert_no_worse_than_eager, head_inputs, head_truth
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs, torch_chunked
 
@@ -191,7 +191,7 @@ def eager(hidden, weight, targets, grad_out, frozen):
     w = weight.detach().clone().requires_grad_(frozen != "weight")
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     logits = (h @ w.T).to(acc)  # [N, V]
-    out = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    out = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     out.backward(grad_out.to(acc))
     return out, h.grad, w.grad
 
@@ -216,6 +216,37 @@ def test_low_precision_no_worse_than_eager(dtype, tol, frozen, peaked):
         scale = want.abs().max().item()
         assert got.dtype == exp.dtype
         assert max_err(got, want) <= max_err(exp, want) + tol * scale, (max_err(got, want), max_err(exp, want))
+
+
+BF16_SHAPES = [  # (leading shape, d, V, chunk_rows), odd on purpose
+    ((1,), 8, 37, None),  # one row
+    ((13,), 16, 129, 4),  # several chunks (the weight gradient sums chunk products), the last of one row
+    ((2, 5, 3), 24, 300, 7),  # three leading dims
+    ((64,), 32, 1001, None),  # one chunk: each gradient is one bf16 matmul, as eager's
+]
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16-inputs", "fp32-under-bf16-autocast"])
+@pytest.mark.parametrize("peaked", [False, True], ids=["spread", "peaked"])
+@pytest.mark.parametrize("frozen", FROZEN)
+@pytest.mark.parametrize("lead,d,vocab,chunk_rows", BF16_SHAPES)
+def test_bf16_no_worse_than_eager_bf16(lead, d, vocab, chunk_rows, frozen, peaked, autocast):
+    # The CPU path in bf16 (bf16 logit and gradient matmuls, fp32 logsumexp): values, dH and dW against the
+    # float64 truth, no worse than eager bf16 (bf16 logits, then log_softmax in fp32) plus the tolerance of the
+    # Triton tests. Under autocast the inputs stay fp32 and their gradients come back in fp32.
+    hidden, weight, targets, grad_out = head_inputs(lead, d, vocab, scale=2.0, seed=len(lead) + d)
+    if peaked:  # target logit 12, p_t near 1: where rounding p before subtracting the one-hot would show
+        w_t = weight[targets]
+        hidden = w_t * (12.0 / (w_t * w_t).sum(-1, keepdim=True))
+    dtype = torch.float32 if autocast else torch.bfloat16
+    hidden, weight = hidden.to(dtype), weight.to(dtype)
+    truth = head_truth(hidden, weight, targets, grad_out)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ours = run(hidden, weight, targets, grad_out, frozen, backend="torch", chunk_rows=chunk_rows)
+        base = eager(hidden, weight, targets, grad_out, frozen)
+    assert ours[0].dtype == torch.float32
+    assert all(g.dtype == dtype for g in ours[1:] if g is not None)
+    assert_no_worse_than_eager(ours, base, truth, torch.finfo(torch.bfloat16).eps)
 
 
 # ---------------------------------------------------------------------------------------- ignore_index
