@@ -95,7 +95,7 @@ def seed_readings(summary: dict) -> list:
 
 def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     from lit_idpo.sweep import Sweep, format_sweep_markdown, load_spec
-    from lit_idpo.sweep_report import format_seeds_markdown
+    from lit_idpo.sweep.report import format_seeds_markdown
 
     summary = json.loads((out / "sweep_results.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,8 @@ from lit_idpo.evaluation.answer_reading import EXTRACTIONS, parse_question, scor
 from lit_idpo.evaluation.audit import TRUNCATION_WARN_SHARE
 from lit_idpo.evaluation.options import slug
 from lit_idpo.evaluation.statistics import compare_over_seeds, mean_interval, over_seeds, score_summary, verdict
-from lit_idpo.sweep_seeds import eval_name, run_key
-from lit_idpo.sweep_spec import DPO, SFT
+from lit_idpo.sweep.seeds import eval_name, run_key
+from lit_idpo.sweep.spec import DPO, SFT
 
 BENCH = Path(__file__).resolve().parent
 TEST_SET = BENCH.parent / "lit_idpo" / "data" / "arithmetic_test.jsonl"

@@ -27,7 +27,7 @@ _EXPORTS = {
     "LinearLogprobsOptions": "lit_idpo.kernels",
     "LoraOptions": "lit_idpo.module",
     "PreferenceDataModule": "lit_idpo.data",
-    "ReferenceCacheError": "lit_idpo.reference_cache",
+    "ReferenceCacheError": "lit_idpo.reference.cache",
     "SafeCheckpointIO": "lit_idpo.module",
     "intermediate_dpo_loss": "lit_idpo.losses",
     "linear_logprobs": "lit_idpo.kernels",
@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the names; nothing is importe
     from lit_idpo.logprobs import sequence_logprobs
     from lit_idpo.losses import intermediate_dpo_loss, preference_loss
     from lit_idpo.module import CheckpointError, IntermediateDPO, LoraOptions, SafeCheckpointIO, load_checkpoint_safely
-    from lit_idpo.reference_cache import ReferenceCacheError
+    from lit_idpo.reference.cache import ReferenceCacheError
 
 
 def __getattr__(name: str):

@@ -1,6 +1,6 @@
 """LoRA adapters (peft) on the policy: the options and the wrapping.
 
-With LoRA the reference is the policy with its adapters disabled (see :mod:`lit_idpo.reference`), so
+With LoRA the reference is the policy with its adapters disabled (see :mod:`lit_idpo.reference.seam`), so
 no second copy of the model is held in memory.
 """
 

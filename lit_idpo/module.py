@@ -1,7 +1,7 @@
 """The LightningModule: a trainable policy, a reference seam, the Intermediate DPO loss, metrics.
 
 Its parts live beside it: LoRA options (:mod:`lit_idpo.lora`), the reference (:mod:`lit_idpo.reference`,
-:mod:`lit_idpo.reference_cache`), FSDP2 sharding (:mod:`lit_idpo.sharding`), the Hugging Face export
+:mod:`lit_idpo.reference.cache`), FSDP2 sharding (:mod:`lit_idpo.sharding`), the Hugging Face export
 (:mod:`lit_idpo.export`) and safe checkpoint loading (:mod:`lit_idpo.checkpoint`; its names are
 re-exported here, where they used to live).
 """
@@ -28,8 +28,8 @@ from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path, r
 from lit_idpo.lora import LoraOptions, as_lora_options, wrap_lora
 from lit_idpo.losses import LOSS_TYPES, exit_nll, intermediate_dpo_loss, sequence_logps_for_loss
 from lit_idpo.models import load_model, load_tokenizer
-from lit_idpo.reference import AdapterDisabledReference, CachedReference, LiveReference, ReferenceLogprobs
-from lit_idpo.reference_cache import ReferenceCache
+from lit_idpo.reference.seam import AdapterDisabledReference, CachedReference, LiveReference, ReferenceLogprobs
+from lit_idpo.reference.cache import ReferenceCache
 from lit_idpo.sharding import decoder_blocks, gathered_state, is_sharded, shard_fsdp2
 
 METRIC_NAMES = (
@@ -87,7 +87,7 @@ def _check_options(beta: float, gamma: float, loss_type: str, label_smoothing: f
 class IntermediateDPO(LightningModule):
     """Intermediate DPO: DPO at the final layer plus DPO at selected intermediate layers.
 
-    The policy is trained; the reference only scores, through one :class:`~lit_idpo.reference.ReferenceLogprobs`
+    The policy is trained; the reference only scores, through one :class:`~lit_idpo.reference.seam.ReferenceLogprobs`
     chosen at construction: a frozen copy of the model, the LoRA policy with its adapters disabled, or the
     reference cache. Both networks run with dropout off.
     Loss: ``gamma * L_DPO(final) + (1 - gamma) * mean_k L_DPO(layer k)``, plus

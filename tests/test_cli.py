@@ -134,7 +134,7 @@ def test_a_two_line_message_stays_two_lines_and_a_longer_one_is_joined(monkeypat
 def test_no_import_cycle_between_cli_fit_and_sweep():
     # Each module imports on its own in a fresh interpreter, and the sweep and fit logic never load the CLI.
     code = ("import sys, importlib\n"
-            "for name in ('lit_idpo.sweep_spec', 'lit_idpo.sweep_report', 'lit_idpo.sweep', 'lit_idpo.fit'):\n"
+            "for name in ('lit_idpo.sweep.spec', 'lit_idpo.sweep.report', 'lit_idpo.sweep', 'lit_idpo.fit'):\n"
             "    importlib.import_module(name)\n"
             "print('lit_idpo.cli' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -14,7 +14,7 @@ from lit_idpo.data import PreferenceCollator, PreferenceDataModule
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.models import load_model
 from lit_idpo.module import IntermediateDPO
-from lit_idpo.reference_cache import ReferenceCacheError
+from lit_idpo.reference.cache import ReferenceCacheError
 
 TRAIN_PAIRS, VAL_PAIRS = 6, 4
 
@@ -161,7 +161,7 @@ def test_a_cache_of_the_previous_format_is_refused_with_the_rebuild_error(tmp_pa
     from safetensors.torch import save_file
 
     from lit_idpo.errors import UserError
-    from lit_idpo.reference_cache import CACHE_VERSION
+    from lit_idpo.reference.cache import CACHE_VERSION
 
     assert CACHE_VERSION == 2
     cache = tmp_path / "cache"

@@ -20,7 +20,7 @@ from lit_idpo.speculate import (
     resolve_exit_layers,
     speculate,
 )
-from lit_idpo.speculate_report import mismatch_message
+from lit_idpo.speculate.report import mismatch_message
 
 LAYER_KEYS = {"layer", "agreement", "acceptance_rate", "tokens_per_s", "baseline_tokens_per_s", "speedup", "identical",
               "proposed", "accepted", "rounds", "tokens", "agreement_positions", "agreement_matches"}
@@ -171,7 +171,7 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, capsys, args, needle):
 
 
 def test_a_differing_early_exit_output_stops_the_run(tmp_path, monkeypatch):
-    from lit_idpo.speculate_decoding import TransformersDecoder
+    from lit_idpo.speculate.decoding import TransformersDecoder
 
     decode = TransformersDecoder.decode
 
@@ -189,7 +189,7 @@ def test_a_differing_early_exit_output_stops_the_run(tmp_path, monkeypatch):
 
 
 def test_reports_keep_the_measurement_when_matplotlib_is_missing(tmp_path, monkeypatch, capsys):
-    from lit_idpo import speculate_report
+    from lit_idpo.speculate import report as speculate_report
 
     def no_matplotlib(results):
         raise ImportError("No module named 'matplotlib'")

@@ -7,7 +7,7 @@ from transformers import GenerationConfig
 
 from lit_idpo.errors import ConfigError
 from lit_idpo.models import load_model
-from lit_idpo.speculate_decoding import DraftStats, SharedCacheDecoder
+from lit_idpo.speculate.decoding import DraftStats, SharedCacheDecoder
 
 PROMPTS = ([1, 5, 9, 3], [7], [2, 3, 4, 5, 6, 7, 8, 9, 10, 11])
 

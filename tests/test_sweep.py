@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_idpo import sweep as sw
+from lit_idpo.sweep import runner as sw
 from lit_idpo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_idpo import sweep as sw
+from lit_idpo.sweep import runner as sw
 from lit_idpo.errors import ConfigError
 from lit_idpo.evaluation.implicit import pair_correctness
 from lit_idpo.evaluation.statistics import bootstrap_interval, over_seeds, t_quantile, two_level_bootstrap
-from lit_idpo.sweep_report import format_seeds_markdown, plot_sweep
-from lit_idpo.sweep_seeds import summarize_seeds
-from lit_idpo.sweep_spec import Setting
+from lit_idpo.sweep.report import format_seeds_markdown, plot_sweep
+from lit_idpo.sweep.seeds import summarize_seeds
+from lit_idpo.sweep.spec import Setting
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SEEDS = ROOT / "configs" / "sweeps" / "tiny_seeds.yaml"
@@ -376,7 +376,7 @@ def test_a_bad_accelerator_names_the_key_and_the_fix(tmp_path, extra, message):
 
 
 def test_a_missing_matplotlib_skips_the_sweep_plot_with_the_install_hint(tmp_path, monkeypatch, capsys):
-    from lit_idpo import sweep_report
+    from lit_idpo.sweep import report as sweep_report
 
     def no_matplotlib(summary, path):
         raise ImportError("No module named 'matplotlib'")

@@ -5,7 +5,7 @@ The LightningModule chooses one :class:`ReferenceLogprobs` once and asks it for 
 - :class:`LiveReference`: a frozen copy of the model scores the batch;
 - :class:`AdapterDisabledReference`: with LoRA, the policy itself with its adapters disabled;
 - :class:`CachedReference`: a lookup by ``pair_index`` in the table ``model.reference_cache`` holds
-  (built once by a live one, see :class:`lit_idpo.reference_cache.ReferenceCache`).
+  (built once by a live one, see :class:`lit_idpo.reference.cache.ReferenceCache`).
 
 Every implementation returns the same layout: ``[1 + K, 2B]`` SUMS of completion-token log-probs,
 row 0 the final layer and rows 1..K the intermediate ones, columns the batch's chosen rows then its
@@ -22,7 +22,7 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
-from lit_idpo.reference_cache import ReferenceCache
+from lit_idpo.reference.cache import ReferenceCache
 
 Batch = Dict[str, torch.Tensor]
 #: ``score(network, batch)``: a network's ``[1 + K, 2B]`` per-layer log-prob sums of a batch.

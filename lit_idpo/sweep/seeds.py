@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from lit_idpo.evaluation.statistics import BOOTSTRAP_RESAMPLES, compare_over_seeds, over_seeds
-from lit_idpo.sweep_spec import DPO, SFT
+from lit_idpo.sweep.spec import DPO, SFT
 
 
 def run_key(arm: str, seed: Optional[int]) -> str:

@@ -1,72 +1,7 @@
-"""``lit-idpo sweep``: train a list of Intermediate DPO settings from one base config and judge each
-against plain DPO and against the untrained (SFT) model.
+"""The sweep's runs: one ``lit-idpo fit`` child process per setting (and the DPO baseline, per seed), the
+manifest that skips finished runs, and the evaluation of every setting against DPO and SFT.
 
-A sweep is described by one YAML file (examples in ``configs/sweeps/``; ``lit-idpo sweep --print_config``
-prints every option with its default, ``--help`` describes them, :mod:`lit_idpo.sweep_spec` defines them)::
-
-    output_dir: runs/sweep_tiny          # everything goes here (relative to the working directory)
-    base_config: ../tiny.yaml            # a fit config; relative paths are read from this file's folder
-    fit:                                 # optional: fit options on top of base_config (same nesting)
-      trainer: {max_steps: 2}
-    settings:                            # each trained from the same base: layers, and optionally gamma,
-      - {layers: [1]}                    #   a name, and extra fit options (dotted keys)
-      - {layers: [3], gamma: 0.25, name: late, overrides: {model.beta: 0.2}}
-    grid:                                # optional: the product of these lists is added to settings
-      layers: [[1], [2], [1, 3]]
-      gamma: [0.5]
-    baselines: {dpo: true, sft: true}    # dpo: the same training with gamma 1 and no layers
-    evaluate:                            # see lit-idpo evaluate; data defaults to the fit's held-out split
-      data: {limit: 200}
-      generation: {max_new_tokens: 32, batch_size: 25}
-      judge: {name: rule}                # or {name: openai, base_url: ..., model: ...} / {name: reward-model, ...}
-      implicit: {layers: auto}           # null: no implicit-reward accuracy
-      confidence: 0.95
-    seeds: [0, 1, 2]                     # optional: train every setting and DPO once per seed (see below)
-    accelerator: gpu                     # optional: cpu | gpu | auto, for the trainings and the evaluation
-
-What happens (``lit-idpo sweep --config FILE``):
-
-1. Every setting (and the DPO baseline) is trained in its own child process, ``lit-idpo fit --config
-   <base_config> --config <output_dir>/fit_overrides.yaml --config <output_dir>/runs/<name>/setting.yaml``
-   (run as ``python -m lit_idpo.cli fit ...`` with this interpreter); the per-setting file sets
-   ``model.layers``, ``model.gamma``, its extra options and the output folders. The exact command is
-   printed, written to ``runs/<name>/command.txt`` and recorded in the manifest; the child's output
-   goes to the console and to ``runs/<name>/fit.log``. A training that crashes or is interrupted
-   leaves the sweep process untouched, and the setting is not marked finished (``--dry_run`` prints
-   the commands and trains nothing).
-2. ``<output_dir>/manifest.json`` records each finished training with a hash of its full
-   configuration. Run the sweep again and finished settings are skipped (a changed configuration is
-   retrained); a setting interrupted mid-training is retrained from the start. Generations and each
-   model's implicit-reward log-probs are cached by the evaluation, so re-running (or adding seeds) only
-   generates and scores what is missing.
-3. Every setting is judged against DPO and against SFT, and DPO against SFT, with one judge, both
-   orders, ties = 1/2, 95 % t-interval over prompts (see ``lit-idpo evaluate``). Written:
-   ``sweep_results.json``, ``sweep_results.md`` (printed too), ``sweep_plot.png`` (win rate with its
-   interval against layer position for one-layer settings, and against the number of layers K), and
-   the full evaluation in ``<output_dir>/eval/``.
-
-With ``seeds: [0, 1, ...]`` (left out: one run per setting, as above) every setting and the DPO baseline
-is trained once per seed, in ``runs/<name>/seed<k>/`` (manifest key ``<name>/seed<k>``, evaluation
-name ``<name>@seed<k>``), seed by seed. The seed sets every seed of the training, ``seed_everything``
-and ``data.seed`` (the order of the training pairs), the same for every arm, so the arms of one seed
-are paired; ``model.init_seed`` (which tiny random model is the starting point) is not a training seed
-and stays. Each arm-seed is judged against the same seed's DPO and against the untrained SFT model
-(generated once). Per arm and comparison (win rate vs DPO, vs SFT, answer-score difference to DPO
-when the judge scores answers ``accuracy_vs_dpo``, the implicit-reward accuracy per layer ``implicit``
-and its paired difference to the same seed's DPO per layer ``implicit_vs_dpo``) ``sweep_results.json``
-gives ``per_seed`` (each the usual mean over prompts), their ``mean``, the 95 % Student-t interval over
-the seeds (``ci_low``/``ci_high``: the variation between training runs), a two-level bootstrap
-(resample seeds, then prompts; ``bootstrap_low``/``bootstrap_high``) as a cross-check, and a
-``verdict`` from the t-interval ("better than DPO", "worse than DPO", "no detectable difference";
-one seed: no interval). The table shows them; the plot shows each per-seed value and the mean with
-its interval.
-
-The GPU switch: ``accelerator: gpu`` (or ``cpu``, or ``auto``: a GPU when there is one) sets both the
-trainings' ``trainer.accelerator`` (written to ``fit_overrides.yaml``, which every child fit reads, so it
-is part of each run's configuration hash: switching it retrains) and the evaluation's
-``generation.device`` (``cuda``/``cpu``/``auto``; generation and implicit reward run there). Left out,
-the fit config's ``trainer.accelerator`` and ``evaluate.generation.device`` (default ``auto``) apply.
-Cached generations are reused across devices (the device is not part of their key).
+How a sweep runs, what it writes and how seeds pair the arms: ``docs/sweep.md``.
 """
 
 from __future__ import annotations
@@ -89,9 +24,9 @@ import yaml
 from lit_idpo.errors import ConfigError, UserError
 from lit_idpo.evaluation.statistics import compare_over_seeds, verdict
 from lit_idpo.storage import atomic_write_json, atomic_write_text, read_json_or
-from lit_idpo.sweep_report import format_sweep_markdown, plot_sweep, write_sweep_plot
-from lit_idpo.sweep_seeds import eval_name, run_key, summarize_seeds
-from lit_idpo.sweep_spec import (
+from lit_idpo.sweep.report import format_sweep_markdown, plot_sweep, write_sweep_plot
+from lit_idpo.sweep.seeds import eval_name, run_key, summarize_seeds
+from lit_idpo.sweep.spec import (
     DPO,
     SEED_KEYS,
     SFT,

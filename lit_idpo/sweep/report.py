@@ -1,7 +1,7 @@
 """The sweep's report: the markdown table and the plot of win rates against layer position and K.
 
 Both read the summary that :meth:`lit_idpo.sweep.Sweep.summarize` (one run per setting) or
-:func:`lit_idpo.sweep_seeds.summarize_seeds` (a ``seeds`` list: intervals over training runs) writes to
+:func:`lit_idpo.sweep.seeds.summarize_seeds` (a ``seeds`` list: intervals over training runs) writes to
 ``sweep_results.json``.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from lit_idpo.storage import atomic_write
-from lit_idpo.sweep_spec import DPO, SFT
+from lit_idpo.sweep.spec import DPO, SFT
 
 __all__ = ["format_seeds_markdown", "format_sweep_markdown", "plot_sweep", "write_sweep_plot"]
 

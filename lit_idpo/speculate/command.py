@@ -27,12 +27,12 @@ prompt, under ``torch.inference_mode`` (CUDA synchronised around each call).
 
 transformers' implementation keeps a separate KV cache for the draft and re-runs all layers to verify.
 With ``shared_cache`` (the default) each layer is also decoded by
-:class:`~lit_idpo.speculate_decoding.SharedCacheDecoder`, LayerSkip's scheme, in which the verification
+:class:`~lit_idpo.speculate.decoding.SharedCacheDecoder`, LayerSkip's scheme, in which the verification
 reuses the draft's first-``k``-layer cache and exit hidden states; its results are under ``shared_cache``
 per layer: the same rates, its speed-up over plain ``generate`` and over plain greedy through the same
 loop, and ``layer_call_speedup``, the speed-up if every decoder-layer call cost the same however many
 tokens it carries (batch-1 decoding bound by reading the weights, as on a GPU). Outputs:
-``speculate.json``, ``speculate.md`` and ``speculate.png`` in ``output_dir`` (:mod:`lit_idpo.speculate_report`).
+``speculate.json``, ``speculate.md`` and ``speculate.png`` in ``output_dir`` (:mod:`lit_idpo.speculate.report`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from lit_idpo.errors import ConfigError
 from lit_idpo.evaluation.options import DTYPES, DataOptions
-from lit_idpo.speculate_decoding import DraftCounter, DraftSettings, DraftStats, SharedCacheDecoder, TransformersDecoder
+from lit_idpo.speculate.decoding import DraftCounter, DraftSettings, DraftStats, SharedCacheDecoder, TransformersDecoder
 
 __all__ = ["SpeculateOptions", "OutputMismatchError", "DraftCounter", "speculate", "layer_agreement",
            "resolve_exit_layers", "check_early_exit_support", "SUPPORTED_MODEL_TYPES", "run", "main"]
@@ -249,7 +249,7 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
     from lit_idpo.evaluation.prompts import load_prompts, render_prompt_ids
     from lit_idpo.logprobs import find_head_path
     from lit_idpo.models import load_tokenizer
-    from lit_idpo.speculate_report import mismatch_message, write_reports
+    from lit_idpo.speculate.report import mismatch_message, write_reports
 
     started = time.perf_counter()
     data = data if data is not None else DataOptions()
@@ -393,7 +393,7 @@ def run(model: str, output_dir: str, layers: Union[str, List[int]] = "auto",
         generation: how the greedy and early-exit decodings run.
         progress: show a progress bar (``--progress false`` hides it).
     """
-    from lit_idpo.speculate_report import format_markdown
+    from lit_idpo.speculate.report import format_markdown
 
     results = speculate(model, output_dir, layers=layers, data=data, options=generation, progress=progress)
     print(format_markdown(results))
