@@ -8,22 +8,27 @@
 
 For each prompt (the first ``--train-prompts`` of ``bundled:arithmetic``'s train split, and all 200 of its
 test split) SmolLM2-135M-Instruct samples ``--samples`` responses (chat template, temperature 0.7, no top-k or
-top-p cut, at most 48 new tokens); :mod:`lit_idpo.onpolicy` labels them with the answer checker and keeps one
-(right, wrong) pair per prompt. Written to ``lit_idpo/data/``: ``arithmetic_onpolicy_{train,test}.jsonl``
-(the pairs), ``arithmetic_onpolicy_samples.jsonl`` (every sampled response with its label, so the pairs can
-be rebuilt and audited without the model) and ``arithmetic_onpolicy_stats.json`` (usable-pair counts and the
-reasons for the rest).
+top-p cut, at most 128 new tokens); :mod:`lit_idpo.onpolicy` labels them with the answer checker
+(:func:`lit_idpo.evaluation.is_correct`, the result stated for the asked expression; a sample cut at the limit is
+never right) and keeps one (right, wrong) pair per prompt. Written to ``lit_idpo/data/``:
+``arithmetic_onpolicy_{train,test}.jsonl`` (the pairs), ``arithmetic_onpolicy_samples.jsonl`` (every sampled
+response with its label, so the pairs can be rebuilt and audited without the model) and
+``arithmetic_onpolicy_stats.json`` (usable-pair counts and the reasons for the rest). A rebuild from samples
+(``--from-samples``) relabels them with the current checker.
 
 Determinism: prompts are sampled in fixed batches, each with its own seed (``--seed`` and the batch's
 index), on ``--threads`` CPU threads (default 1: the thread count changes float summation order, and so can
 change a sample; one thread also keeps sampling steady beside other work on a small machine); the same torch
-and transformers versions then give the same files. Sampling is cached per batch in ``--work-dir``, so an
-interrupted run resumes where it stopped. The shipped files (torch 2.13, transformers 5.24) took 1,488 s on one
-thread of a 2-core AMD EPYC, beside other work.
+and transformers versions then give the same files. Sampling is cached per batch in ``--work-dir`` (one cache
+per sampling length), so an interrupted run resumes where it stopped. The shipped files (2026-12-07, issue 19;
+torch 2.13, transformers 5.25) took 2,677 s on one thread of a 2-core Intel Xeon (AMX), beside other work.
 
-Shipped result (``arithmetic_onpolicy_stats.json``): 221 of 640 train prompts (35 %) gave a pair (397 had no
-right answer among their complete responses, 21 no wrong one, 1 fewer than two complete responses); 60 of 200
-test prompts (30 %) did (131 no right, 8 no wrong, 1 too few complete).
+Shipped result (``arithmetic_onpolicy_stats.json``): 235 of 640 train prompts (37 %) gave a pair (388 had no
+right answer among their complete responses, 17 no wrong one); 64 of 200 test prompts (32 %) did (129 no
+right, 7 no wrong). 22 of 3,360 samples (0.7 %) stopped at the 128-token limit, against 328 (9.8 %) at the
+earlier 48. Every sample that had stopped within 48 tokens is unchanged (3,032 of them, identical text: each
+batch's seed is fixed, and sampling draws the same random numbers per step whatever the limit); the earlier
+build (221 and 60 pairs) was labelled by the last-equation reading, and 46 sample labels differ from it.
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ from lit_idpo import bundled, onpolicy
 from lit_idpo.storage import JsonlCache, atomic_write_json, atomic_write_text
 
 MODEL = "embedded:smollm2-135m-instruct"
-SAMPLING = {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "max_new_tokens": 48}
+# 128 new tokens: far above an answer's length, so that at most 2 % of samples are cut (a cut sample is never
+# labelled right, and at 48 tokens 9 % were cut). Samples that stop within 48 tokens are the same as at 48:
+# each batch's seed is fixed and sampling draws the same random numbers per step whatever the limit.
+SAMPLING = {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "max_new_tokens": 128}
 
 
 def _files(out_dir: Path) -> Dict[str, Path]:
@@ -62,7 +70,7 @@ def sample(rows_by_split: Dict[str, List[dict]], args) -> List[dict]:
     from lit_idpo.models import load_model, load_tokenizer
 
     torch.set_num_threads(args.threads)
-    cache = JsonlCache(args.work_dir / f"samples_seed{args.seed}_n{args.samples}.jsonl")
+    cache = JsonlCache(args.work_dir / f"samples_seed{args.seed}_n{args.samples}_len{SAMPLING['max_new_tokens']}.jsonl")
     done = cache.load()
     tokenizer, model = None, None
     out: List[dict] = []

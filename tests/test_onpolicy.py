@@ -80,13 +80,6 @@ def shipped():
     return {split: bundled.load_rows(onpolicy.TASK, split) for split in bundled.SPLITS}
 
 
-# The shipped data was labelled by the reading before issue 19; it is rebuilt with the new checker (and a longer
-# sampling length) by scripts/make_onpolicy_data.py. Strict: once rebuilt these pass, and the markers must go.
-_BEFORE_REBUILD = pytest.mark.xfail(strict=True, reason="bundled:arithmetic_onpolicy predates issue 19's checker; "
-                                    "rebuild it with scripts/make_onpolicy_data.py, then remove this marker")
-
-
-@_BEFORE_REBUILD
 def test_shipped_pairs_are_labelled_by_the_checker(shipped):
     for split, rows in shipped.items():
         assert rows, split
@@ -95,7 +88,6 @@ def test_shipped_pairs_are_labelled_by_the_checker(shipped):
             assert not is_correct(row["rejected"], row["answer"], prompt=row["prompt"]), row["id"]
 
 
-@_BEFORE_REBUILD
 def test_shipped_samples_carry_the_checker_labels():
     rows = {row["id"]: row for split in bundled.SPLITS for row in bundled.load_rows("arithmetic", split)}
     text = (bundled.DATA_DIR / f"{onpolicy.TASK}_samples.jsonl").read_text(encoding="utf-8")
