@@ -39,7 +39,7 @@ The full CPU measurement (one run gives both tables; run it on a quiet machine):
 
     python benchmarks/bench_packing.py --markdown-out benchmarks/results/train_step_packing_cpu.md
 
-(equivalently ``python benchmarks/bench_train_step.py --suite packing ...``). Writes
+Writes
 ``benchmarks/results/train_step_packing_cpu.csv`` and prints one markdown table per data set (CPU only for now: a
 GPU row needs the CUDA memory counters and device placement that ``bench_train_step.py`` has for its heads). It
 runs 22 processes (per data set: 9 lit-idpo rows, TRL, and TRL's padding_free check, which builds the trainer but
@@ -71,7 +71,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_train_step import _layers, _loadavg, _rss_kb  # noqa: E402  (sibling benchmark script)
+from bench_common import loadavg, rss_kb, spread_layers  # noqa: E402  (the benchmarks' shared helpers)
 from longtail_pairs import write_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,12 +140,12 @@ class StepRecord:
 
     def train_start(self) -> None:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        self.before_mb = _rss_kb("VmRSS") / 1024
+        self.before_mb = rss_kb("VmRSS") / 1024
         self.start = time.perf_counter()
 
     def step_end(self) -> None:
         self.ends.append(time.perf_counter())
-        self.peak_mb = _rss_kb("VmHWM") / 1024
+        self.peak_mb = rss_kb("VmHWM") / 1024
 
     def summary(self, real_tokens: List[int], positions: List[int]) -> Dict:
         """Row fields: the first step apart (warm-up), the median and token rate of the others."""
@@ -178,7 +178,7 @@ def run_lit(args) -> Dict:
     from lit_idpo.module import IntermediateDPO
 
     num_layers = AutoConfig.from_pretrained(resolve_model_dir(args.model)).num_hidden_layers
-    layers = [] if args.k == 0 else (PAPER_LAYER_K1 if args.k == 1 else _layers(num_layers, args.k))
+    layers = [] if args.k == 0 else (PAPER_LAYER_K1 if args.k == 1 else spread_layers(num_layers, args.k))
     dm = data_module(args, args.packing)
     dm.setup("fit")
     out_dir = tempfile.mkdtemp(prefix="lit_idpo_bench_")
@@ -254,7 +254,7 @@ def _run_config(args, dataset: str, config: Dict, env: Dict) -> Dict:
            "--packing", config["packing"], "--k", str(config["k"]), "--model", args.model,
            "--repeats", str(args.repeats), "--batch-pairs", str(args.batch_pairs), "--lr", str(args.lr),
            "--beta", str(args.beta), "--seed", str(args.seed)]
-    load_before = _loadavg()
+    load_before = loadavg()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
@@ -263,7 +263,7 @@ def _run_config(args, dataset: str, config: Dict, env: Dict) -> Dict:
         row = dict(config, status=f"failed: {error}"[:300])
     else:
         row = json.loads(line[len("RESULT "):])
-    row.update(dataset=dataset, load_before=load_before, load_after=_loadavg())
+    row.update(dataset=dataset, load_before=load_before, load_after=loadavg())
     return row
 
 

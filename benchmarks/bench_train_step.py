@@ -31,8 +31,8 @@ Batches: ``bundled`` is 8 pairs of the bundled arithmetic task (about 55 tokens 
 1B / 3B (vocabulary 128256), written once to a temporary directory: a GPU machine needs no download.
 Writes ``benchmarks/results/train_step_<device>.csv`` and prints a markdown table.
 
-``--suite packing`` runs the other train-step benchmark instead, ``benchmarks/bench_packing.py`` (the full
-optimiser step per packing mode against TRL's ``DPOTrainer``; its options follow ``--suite packing``).
+The other train-step benchmark, the full optimiser step per packing mode against TRL's ``DPOTrainer``, is
+``benchmarks/bench_packing.py``; the helpers both use are in ``benchmarks/bench_common.py``.
 """
 
 from __future__ import annotations
@@ -43,13 +43,15 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import loadavg, rss_kb, spread_layers  # noqa: E402  (the benchmarks' shared helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,14 +65,6 @@ RANDOM_SHAPES = {  # Llama 3.2 shapes (tied embeddings)
 
 
 # ------------------------------------------------------------------------------------------ one configuration
-
-
-def _rss_kb(field: str) -> int:
-    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
-
-
-def _layers(num_layers: int, k: int) -> list:
-    return [round(num_layers * (i + 1) / (k + 1)) for i in range(k)]
 
 
 def _random_model_dir(name: str, dtype: str) -> str:
@@ -125,7 +119,7 @@ def run_one(args) -> dict:
 
     config = AutoConfig.from_pretrained(resolve_model_dir(model))
     num_layers, vocab = config.num_hidden_layers, config.vocab_size
-    module = IntermediateDPO(model=model, layers=_layers(num_layers, args.k), gamma=0.5 if args.k else 1.0,
+    module = IntermediateDPO(model=model, layers=spread_layers(num_layers, args.k), gamma=0.5 if args.k else 1.0,
                              backend=args.backend, dtype=args.dtype, freeze_embeddings=args.freeze_embeddings)
     module.train()
     module.to(args.device)
@@ -154,12 +148,12 @@ def run_one(args) -> dict:
         before = torch.cuda.memory_allocated()
     else:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        before = _rss_kb("VmRSS") * 1024
+        before = rss_kb("VmRSS") * 1024
     start = time.perf_counter()
     loss = step()
     sync()
     first = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else rss_kb("VmHWM") * 1024
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -178,23 +172,8 @@ def run_one(args) -> dict:
 # ------------------------------------------------------------------------------------------ driver
 
 
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def main() -> None:
-    suite = argparse.ArgumentParser(add_help=False)
-    suite.add_argument("--suite", choices=["heads", "packing"], default="heads")
-    chosen, rest = suite.parse_known_args()
-    if chosen.suite == "packing":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_packing import main as packing_main
-
-        packing_main(rest)
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["heads", "packing"], default="heads",
-                        help="heads: this benchmark; packing: benchmarks/bench_packing.py")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--model", default=None, help="model source (default: embedded SmolLM2-135M on CPU, "
                                                       "random:llama-1b on CUDA)")
@@ -242,7 +221,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         for k in map(int, args.ks.split(",")):
             for backend in backends:
-                load_before = _loadavg()
+                load_before = loadavg()
                 cmd = [sys.executable, __file__, "--one", "--variant", variant, "--backend", backend, "--k", str(k),
                        *passthrough]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -251,7 +230,7 @@ def main() -> None:
                     print(f"{variant} K={k} {backend}: FAILED\n{done.stderr[-2000:]}", file=sys.stderr)
                     continue
                 row = json.loads(line[len("RESULT "):])
-                row.update(load_before=load_before, load_after=_loadavg(), device=device_name, model=args.model,
+                row.update(load_before=load_before, load_after=loadavg(), device=device_name, model=args.model,
                            dtype=args.dtype, torch=torch.__version__,
                            date=datetime.datetime.now().isoformat(timespec="seconds"))
                 rows.append(row)

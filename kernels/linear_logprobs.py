@@ -12,7 +12,6 @@ Design notes: docs/kernels.md.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -118,32 +117,16 @@ def _dispatch(backend: str, hidden: torch.Tensor, weight: torch.Tensor, targets:
     return triton_linear_logprobs(hidden, weight, targets, options)
 
 
-# The keyword options linear_logprobs took before LinearLogprobsOptions became the one way to pass
-# options; accepted for one more release, folded into the options object.
-_DEPRECATED_KEYWORDS = ("ignore_index", "backend")
 _DEFAULT_OPTIONS = LinearLogprobsOptions()
 
 
-def _resolve_options(options: Optional[LinearLogprobsOptions], keywords: dict) -> LinearLogprobsOptions:
-    """The one options object: ``options``, or the deprecated keywords folded into one (never both disagreeing)."""
-    unknown = sorted(set(keywords) - set(_DEPRECATED_KEYWORDS))
-    if unknown:
-        raise TypeError(f"linear_logprobs() got an unexpected keyword argument {unknown[0]!r}; options are passed "
-                        f"as options=LinearLogprobsOptions(...).")
-    if options is not None and not isinstance(options, LinearLogprobsOptions):
+def _resolve_options(options: Optional[LinearLogprobsOptions]) -> LinearLogprobsOptions:
+    if options is None:
+        return _DEFAULT_OPTIONS
+    if not isinstance(options, LinearLogprobsOptions):
         raise TypeError(
             f"linear_logprobs: options must be a LinearLogprobsOptions or None, got {type(options).__name__}.")
-    if not keywords:
-        return _DEFAULT_OPTIONS if options is None else options
-    if options is not None:
-        conflicts = {k: v for k, v in keywords.items() if getattr(options, k) != v}
-        if conflicts:
-            detail = ", ".join(f"{k}={v!r} but options.{k}={getattr(options, k)!r}" for k, v in conflicts.items())
-            raise TypeError(f"linear_logprobs: conflicting options ({detail}); pass them once, in options= only.")
-    given = ", ".join(f"{k}={v!r}" for k, v in keywords.items())
-    warnings.warn(f"linear_logprobs({given}) is deprecated and will be removed in the next release; pass "
-                  f"options=LinearLogprobsOptions({given}) instead.", DeprecationWarning, stacklevel=3)
-    return LinearLogprobsOptions(**keywords) if options is None else options
+    return options
 
 
 def linear_logprobs(
@@ -152,7 +135,6 @@ def linear_logprobs(
     targets: torch.Tensor,
     *,
     options: Optional[LinearLogprobsOptions] = None,
-    **deprecated_keywords,
 ) -> torch.Tensor:
     """Log-probability of each target token under ``log_softmax(hidden @ weight.T)``, fused.
 
@@ -162,9 +144,7 @@ def linear_logprobs(
         targets: ``[...]`` int64 token ids, same leading shape as ``hidden``; ``options.ignore_index``
             skips a row (it yields exactly 0 and receives no gradient).
         options: :class:`LinearLogprobsOptions` (backend, ignore_index, chunk_rows, validate_targets);
-            None for the defaults. The keywords ``ignore_index=`` and ``backend=`` of earlier releases
-            are still accepted, with a DeprecationWarning; given together with ``options`` they must
-            agree with it (TypeError otherwise).
+            None for the defaults.
 
     Precision (:mod:`lit_idpo.kernels.precision`): float64 inputs give float64; anything else
     accumulates in and returns float32. Mixed dtypes compute in the wider one. Under
@@ -177,9 +157,9 @@ def linear_logprobs(
     Raises:
         ValueError: for a target outside ``[0, V)`` other than ``ignore_index``, mismatched shapes or
             devices, a non-floating ``hidden`` or ``weight``, or an unknown backend.
-        TypeError: for an unknown keyword, or deprecated keywords that contradict ``options``.
+        TypeError: for ``options`` that is not a :class:`LinearLogprobsOptions`.
     """
-    options = _resolve_options(options, deprecated_keywords)
+    options = _resolve_options(options)
     _check_inputs(hidden, weight, targets)
     device_type = hidden.device.type
     autocast_dtype = active_autocast_dtype(device_type)

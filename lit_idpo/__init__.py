@@ -16,22 +16,23 @@ load neither Lightning nor transformers until a name that needs them is touched.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Dict, List
 
 __version__ = "0.1.0"
 
 # Public name -> the module that defines (or re-exports) it.
 _EXPORTS = {
-    "CheckpointError": "lit_idpo.module",
+    "CheckpointError": "lit_idpo.checkpoint",
     "IntermediateDPO": "lit_idpo.module",
     "LinearLogprobsOptions": "lit_idpo.kernels",
     "LoraOptions": "lit_idpo.module",
     "PreferenceDataModule": "lit_idpo.data",
     "ReferenceCacheError": "lit_idpo.reference.cache",
-    "SafeCheckpointIO": "lit_idpo.module",
+    "SafeCheckpointIO": "lit_idpo.checkpoint",
     "intermediate_dpo_loss": "lit_idpo.losses",
     "linear_logprobs": "lit_idpo.kernels",
-    "load_checkpoint_safely": "lit_idpo.module",
+    "load_checkpoint_safely": "lit_idpo.checkpoint",
     "preference_loss": "lit_idpo.losses",
     "sequence_logprobs": "lit_idpo.logprobs",
 }
@@ -52,22 +53,31 @@ __all__ = [  # a literal list, so that static tools read it; tests/test_imports.
 ]
 
 if TYPE_CHECKING:  # static analysers and IDEs see the names; nothing is imported at run time
+    from lit_idpo.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint_safely
     from lit_idpo.data import PreferenceDataModule
     from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
     from lit_idpo.logprobs import sequence_logprobs
     from lit_idpo.losses import intermediate_dpo_loss, preference_loss
-    from lit_idpo.module import CheckpointError, IntermediateDPO, LoraOptions, SafeCheckpointIO, load_checkpoint_safely
+    from lit_idpo.module import IntermediateDPO, LoraOptions
     from lit_idpo.reference.cache import ReferenceCacheError
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'lit_idpo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+def lazy_exports(package: str, exports: Dict[str, str]):
+    """PEP 562 ``__getattr__`` and ``__dir__`` for ``package``, whose public names (``exports``: name -> the module
+    that defines it) are imported on first use; every lit_idpo package with re-exports uses this pair."""
+
+    def __getattr__(name: str):
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        setattr(sys.modules[package], name, value)  # later look-ups skip this function
+        return value
+
+    def __dir__() -> List[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

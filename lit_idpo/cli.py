@@ -1,4 +1,4 @@
-"""The ``lit-idpo`` command: dispatches to the subcommands and prints user errors as one line.
+"""The ``lit-idpo`` command: one table of subcommands, and user errors printed as one line.
 
     lit-idpo fit --config configs/quickstart.yaml
     lit-idpo validate --config configs/tiny.yaml
@@ -6,10 +6,12 @@
     lit-idpo fit --config configs/quickstart.yaml --print_config
     lit-idpo evaluate --help       # pairwise win rates with judges (lit_idpo.evaluation)
     lit-idpo sweep --help          # train and evaluate a list of settings (lit_idpo.sweep)
+    lit-idpo speculate --help      # an intermediate layer as its own draft model (lit_idpo.speculate)
 
-``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI's (:mod:`lit_idpo.fit`); ``evaluate`` and
-``sweep`` are jsonargparse commands of their own. Every subcommand accepts ``--config FILE.yaml``,
-``--print_config`` and ``--help``.
+``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI's (:mod:`lit_idpo.fit`); ``evaluate``, ``sweep``
+and ``speculate`` are lit-idpo's own three, each a jsonargparse parser built by
+:func:`lit_idpo.errors.command_parser`. Every subcommand accepts ``--config FILE.yaml``, ``--print_config`` and
+``--help``.
 
 Errors: a :class:`lit_idpo.errors.UserError` (a bad config value, data file or row, model path, ...)
 ends the command with ``lit-idpo: error: <message>`` on stderr and exit code 2, without a traceback;
@@ -25,9 +27,21 @@ from typing import Optional, Sequence
 
 from lit_idpo.errors import ConfigError, UserError
 
-__all__ = ["main", "run"]  # and IntermediateDPOCLI, deprecated here (see __getattr__)
+__all__ = ["main", "run"]
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "evaluate", "sweep", "speculate")
+# Subcommand -> (module, function called with the arguments after the subcommand, or with all of them for
+# LightningCLI's). Modules load only when their subcommand runs.
+COMMANDS = {
+    "fit": ("lit_idpo.fit", "run_fit"),
+    "validate": ("lit_idpo.fit", "run_fit"),
+    "test": ("lit_idpo.fit", "run_fit"),
+    "predict": ("lit_idpo.fit", "run_fit"),
+    "evaluate": ("lit_idpo.evaluation.command", "main"),
+    "sweep": ("lit_idpo.sweep.runner", "main"),
+    "speculate": ("lit_idpo.speculate.command", "main"),
+}
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI reads the subcommand itself
+SUBCOMMANDS = tuple(COMMANDS)
 EXIT_USER_ERROR = 2  # what argparse / jsonargparse use for a usage error
 
 
@@ -50,24 +64,10 @@ def run(args: Optional[Sequence[str]] = None):
         given = f"unknown subcommand {argv[0]!r}" if argv else "no subcommand given"
         raise ConfigError(f"{given}; give one of {', '.join(SUBCOMMANDS)} (e.g. lit-idpo fit --config "
                           f"configs/tiny.yaml; lit-idpo <subcommand> --help lists its options)")
-    # `evaluate` and `sweep` are lit-idpo's own subcommands (LightningCLI's are fixed: fit, validate,
-    # test, predict), so route them to their parsers before LightningCLI reads the arguments.
-    if argv and argv[0] == "evaluate":
-        evaluation = importlib.import_module("lit_idpo.evaluation")
-        if not hasattr(evaluation, "main"):  # the package before its command moved in: the old module's
-            evaluation = importlib.import_module("lit_idpo.evaluate")
-        return evaluation.main(argv[1:])
-    if argv and argv[0] == "sweep":
-        from lit_idpo.sweep import main as sweep_main
-
-        return sweep_main(argv[1:])
-    if argv and argv[0] == "speculate":  # early-exit speculative decoding (lit_idpo.speculate)
-        from lit_idpo.speculate import main as speculate_main
-
-        return speculate_main(argv[1:])
-    from lit_idpo.fit import run_fit
-
-    return run_fit(args)
+    name = argv[0] if argv[0] in COMMANDS else "fit"  # `lit-idpo --help`: LightningCLI's top-level parser
+    module, function = COMMANDS[name]
+    command = getattr(importlib.import_module(module), function)
+    return command(args if name in LIGHTNING_SUBCOMMANDS else argv[1:])
 
 
 def main(args: Optional[Sequence[str]] = None) -> None:
@@ -79,16 +79,6 @@ def main(args: Optional[Sequence[str]] = None) -> None:
             raise
         print(f"lit-idpo: error: {_short(err)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
-
-
-def __getattr__(name: str):
-    # Deprecated location of IntermediateDPOCLI (now lit_idpo.fit); loaded on first use so that
-    # `lit-idpo sweep` / `evaluate` do not import Lightning's CLI just to start.
-    if name == "IntermediateDPOCLI":
-        from lit_idpo.fit import IntermediateDPOCLI
-
-        return IntermediateDPOCLI
-    raise AttributeError(f"module 'lit_idpo.cli' has no attribute {name!r}")
 
 
 if __name__ == "__main__":

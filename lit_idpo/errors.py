@@ -1,4 +1,5 @@
-"""User errors: mistakes in what the user gave (a config value, a data file or row, a model path, a cache).
+"""User errors: mistakes in what the user gave (a config value, a data file or row, a model path, a cache),
+and how every subcommand reports them: one parser builder, one parser-error conversion, one stderr printer.
 
 Every error that the user can fix derives from :class:`UserError`. The ``lit-idpo`` command prints
 such an error as one or two lines, ``lit-idpo: error: <message>``, and exits non-zero without a
@@ -30,3 +31,42 @@ class ModelSourceError(UserError, OSError):
 
 class VerifierError(UserError, RuntimeError):
     """A task's verifier (or the user's ``judge.verifier``) that raised, or gave no bool, on one response."""
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (jsonargparse indents nested causes over several lines) as one line."""
+    return " ".join(str(text).split())
+
+
+def config_error(err: BaseException, command: str, where: str = "") -> ConfigError:
+    """A parser's error as the :class:`ConfigError` every subcommand raises: ``<where><problem> (the options:
+    lit-idpo <command> --help)``; ``where`` names the config file(s) read, when that helps."""
+    usage = " ".join(part for part in ("lit-idpo", command, "--help") if part)
+    return ConfigError(f"{where}{one_line(str(err))} (the options: {usage})")
+
+
+def info(command: str, message: str) -> None:
+    """One progress line on stderr, ``lit-idpo <command>: <message>`` (stdout carries the report)."""
+    import sys
+
+    print(f"lit-idpo {command}: {message}", file=sys.stderr, flush=True)
+
+
+def command_parser(command: str, description: str, config_help: str, parser_class=None):
+    """The jsonargparse parser each of lit-idpo's own subcommands (evaluate, sweep, speculate) starts from: it
+    raises instead of exiting (the caller turns the error into :func:`config_error`), reads ``--config FILE``
+    and ends with ``--progress`` / ``--no_progress`` (:func:`add_progress_flag`); the caller adds its options in
+    between. ``parser_class``: a subclass of jsonargparse's ``ArgumentParser`` (default: that class)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = (parser_class or ArgumentParser)(prog=f"lit-idpo {command}", description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help=config_help)
+    return parser
+
+
+def add_progress_flag(parser) -> None:
+    """``--progress`` (default) / ``--no_progress``: show or hide progress bars."""
+    from jsonargparse import ActionYesNo
+
+    parser.add_argument("--progress", action=ActionYesNo, default=True,
+                        help="show progress bars (--no_progress hides them)")

@@ -23,17 +23,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
+from lit_idpo.checkpoint import load_checkpoint_safely  # noqa: E402
 from lit_idpo.data import PreferenceDataModule  # noqa: E402
-from lit_idpo.errors import ConfigError  # noqa: E402
-from lit_idpo.module import IntermediateDPO, load_checkpoint_safely  # noqa: E402
+from lit_idpo.errors import config_error  # noqa: E402
+from lit_idpo.module import IntermediateDPO  # noqa: E402
 from lit_idpo.trainer import Trainer  # noqa: E402
 
 __all__ = ["IntermediateDPOCLI", "parse_fit_config", "run_fit"]
-
-
-def _one_line(message: str) -> str:
-    # jsonargparse indents nested causes over several lines; the CLI prints one line.
-    return " ".join(str(message).split())
 
 
 class IntermediateDPOCLI(LightningCLI):
@@ -61,8 +57,7 @@ class IntermediateDPOCLI(LightningCLI):
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             argv = list(sys.argv[1:] if args is None else args)
-            command = "lit-idpo " + argv[0] if argv and argv[0] in self.subcommands() else "lit-idpo"
-            raise ConfigError(f"{_one_line(str(err))} (the options: {command} --help)") from err
+            raise config_error(err, argv[0] if argv and argv[0] in self.subcommands() else "") from err
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads ``--ckpt_path``'s hyperparameters (torch.load, weights_only=True) before
@@ -99,7 +94,8 @@ def run_fit(args: Optional[Sequence[str]] = None) -> IntermediateDPOCLI:
         PreferenceDataModule,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Intermediate DPO: fit / validate / test / predict (LightningCLI). "
-                                      "lit-idpo evaluate --help and lit-idpo sweep --help show the other two."},
+                                      "lit-idpo evaluate --help, lit-idpo sweep --help and lit-idpo speculate --help "
+                                      "show the other three."},
         args=None if args is None else list(args),
     )
 
@@ -114,7 +110,7 @@ class _ParseOnlyCLI(IntermediateDPOCLI):
             self.config = parser.parse_args(args)
         except ArgumentError as err:
             files = ", ".join(str(a) for a in args if not str(a).startswith("--"))
-            raise ConfigError(f"fit config {files}: {_one_line(str(err))} (the options: lit-idpo fit --help)") from err
+            raise config_error(err, "fit", where=f"fit config {files}: ") from err
 
     def instantiate_classes(self) -> None:
         pass

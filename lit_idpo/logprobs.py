@@ -9,7 +9,7 @@ applied to intermediate entries only, never twice to the last.
 The CausalLM forward would build ``[B, T, V]`` logits for every position; we run the backbone alone,
 keep only the rows that predict a completion token (prompt and padding rows never reach the head),
 and push the rows of every selected layer through ONE :func:`linear_logprobs` call. Padded and packed
-batches (``data.packing``, :mod:`lit_idpo.data.packing`) take the same path: a batch's scoring plan
+batches (``data.packing``, :mod:`lit_idpo.batch`) take the same path: a batch's scoring plan
 names, for each scored token, the hidden state that predicts it and the sequence it belongs to.
 
 Under FSDP the head weight is whole only inside its module's forward, so the computation runs as the
@@ -20,13 +20,15 @@ op itself casts (lit_idpo.kernels.precision). Why, in detail: docs/kernels.md, "
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lit_idpo.data.packing import attention_for, is_packed, scoring_plan
+from lit_idpo.batch import ScoringPlan, attention_for, is_packed, scoring_plan
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
+from lit_idpo.layers import resolve_layers
+from lit_idpo.models import unwrap_peft
 
 # Attribute names under which backbones keep their final norm (Llama/Mistral/Qwen2/Gemma: norm;
 # GPT-2/GPT-J/Falcon: ln_f; GPT-NeoX/OPT: final_layer_norm; Phi: final_layernorm).
@@ -48,16 +50,9 @@ class HeadPath:
     num_layers: int
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # A peft PeftModel wraps the CausalLM; its adapters stay active inside the unwrapped modules.
-    if hasattr(model, "get_base_model") and callable(model.get_base_model):
-        return model.get_base_model()
-    return model
-
-
 def find_head_path(model: nn.Module) -> HeadPath:
     """Locate backbone, final norm and LM head of a Hugging Face causal LM, or raise a clear error."""
-    model = _unwrap(model)
+    model = unwrap_peft(model)
     name = type(model).__name__
     config = getattr(model, "config", None)
     if config is None:
@@ -94,22 +89,6 @@ def find_head_path(model: nn.Module) -> HeadPath:
     return HeadPath(backbone=backbone, final_norm=final_norm, lm_head=lm_head, num_layers=int(num_layers))
 
 
-def resolve_layers(layers: Sequence[int], num_layers: int) -> list[int]:
-    """Map layer numbers (1..L, or negative from the end: -1 is L) to 1..L, checking the range."""
-    resolved = []
-    for layer in layers:
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise ValueError(f"layers: {layer!r} is not an integer layer number.")
-        absolute = layer + num_layers + 1 if layer < 0 else layer
-        if not 1 <= absolute <= num_layers:
-            raise ValueError(
-                f"layers: {layer} is out of range for a model with {num_layers} decoder blocks; use 1..{num_layers} "
-                f"(the output of that block; {num_layers} is the final layer) or -1..-{num_layers} from the end."
-            )
-        resolved.append(absolute)
-    return resolved
-
-
 _NO_FORWARD = object()
 
 
@@ -140,7 +119,7 @@ def _head_module(lm_head: nn.Module) -> nn.Module:
 
 def _verify_head_path_once(model: nn.Module, path: HeadPath) -> None:
     """For an unverified architecture, check once that lm_head(hidden_states[-1]) equals its logits."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     if getattr(base, "_lit_idpo_head_verified", False):
         return
     if getattr(base.config, "model_type", None) in _VERIFIED_MODEL_TYPES:
@@ -200,7 +179,7 @@ def sequence_logprobs(
 def _model_inputs(batch: Dict[str, torch.Tensor], model: nn.Module, dtype: torch.dtype) -> Dict[str, torch.Tensor]:
     """input_ids, attention mask (2-D padding mask or packed 4-D mask) and position_ids of a batch."""
     if is_packed(batch):
-        implementation = getattr(_unwrap(model).config, "_attn_implementation", None) or "eager"
+        implementation = getattr(unwrap_peft(model).config, "_attn_implementation", None) or "eager"
         return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
                 "attention_mask": attention_for(batch, implementation, dtype)}
     attention_mask = batch["attention_mask"]
@@ -211,11 +190,11 @@ def _model_inputs(batch: Dict[str, torch.Tensor], model: nn.Module, dtype: torch
 
 
 def batch_logprobs(model: nn.Module, batch: Dict[str, torch.Tensor], layers: Sequence[int], *,
-                   backend: str = "auto") -> torch.Tensor:
+                   backend: str = "auto", plan: Optional[ScoringPlan] = None) -> torch.Tensor:
     """Per-layer summed completion log-probs of the ``2B`` sequences of a batch of any packing mode.
 
     ``batch`` is a padded batch (``input_ids``, ``attention_mask``, ``completion_mask``) or a packed one
-    (:mod:`lit_idpo.data.packing`). The backbone runs once; the hidden states that predict a completion
+    (:mod:`lit_idpo.batch`). The backbone runs once; the hidden states that predict a completion
     token (the batch's scoring plan) are gathered from every selected layer and go through ONE
     :func:`linear_logprobs` call; the token log-probs are summed per sequence.
 
@@ -229,7 +208,7 @@ def batch_logprobs(model: nn.Module, batch: Dict[str, torch.Tensor], layers: Seq
     path = find_head_path(model)
     layer_ids = resolve_layers(list(layers), path.num_layers)
     _verify_head_path_once(model, path)
-    plan = scoring_plan(batch)
+    plan = scoring_plan(batch) if plan is None else plan  # built once per batch by the caller that has it
 
     def compute() -> torch.Tensor:
         inputs = _model_inputs(batch, model, path.lm_head.weight.dtype)
@@ -250,4 +229,4 @@ def batch_logprobs(model: nn.Module, batch: Dict[str, torch.Tensor], layers: Seq
         sums = token_logprobs.new_zeros(len(layer_ids), plan.num_sequences)  # [layers, 2B]
         return sums.index_add(1, plan.sequence, token_logprobs)
 
-    return call_as_forward(_unwrap(model), compute)
+    return call_as_forward(unwrap_peft(model), compute)

@@ -205,6 +205,23 @@ def _from_pretrained(loader, source: str, resolved: str, **kwargs):
             f"loads offline), check the id, or pass a local model directory") from err
 
 
+def unwrap_peft(model):
+    """The CausalLM inside a peft ``PeftModel`` (its adapters stay active in it); any other model as given."""
+    if hasattr(model, "get_base_model") and callable(model.get_base_model):
+        return model.get_base_model()
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Turn every dropout off (modules and the float rates attention layers read from their config)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout_p"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+
+
 def load_tokenizer(source: str, *, revision: Optional[str] = None, trust_remote_code: bool = False):
     """Load the tokenizer that belongs to a model source (tiny models use the embedded model's).
 

@@ -2,14 +2,14 @@
 
 Its parts live beside it: LoRA options (:mod:`lit_idpo.lora`), the reference (:mod:`lit_idpo.reference`,
 :mod:`lit_idpo.reference.cache`), FSDP2 sharding (:mod:`lit_idpo.sharding`), the Hugging Face export
-(:mod:`lit_idpo.export`) and safe checkpoint loading (:mod:`lit_idpo.checkpoint`; its names are
-re-exported here, where they used to live).
+(:mod:`lit_idpo.export`) and safe checkpoint loading (:mod:`lit_idpo.checkpoint`).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import weakref
 from dataclasses import asdict
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -21,15 +21,15 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_idpo import export
-from lit_idpo.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint_safely
-from lit_idpo.data.packing import check_packable, is_packed, scoring_plan
+from lit_idpo.batch import ScoringPlan, check_packable, is_packed, scoring_plan
 from lit_idpo.errors import ConfigError
-from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path, resolve_layers
+from lit_idpo.layers import default_intermediate_layer, resolve_layers
+from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path
 from lit_idpo.lora import LoraOptions, as_lora_options, wrap_lora
 from lit_idpo.losses import LOSS_TYPES, exit_nll, intermediate_dpo_loss, sequence_logps_for_loss
-from lit_idpo.models import load_model, load_tokenizer
-from lit_idpo.reference.seam import AdapterDisabledReference, CachedReference, LiveReference, ReferenceLogprobs
+from lit_idpo.models import disable_dropout, load_model, load_tokenizer
 from lit_idpo.reference.cache import ReferenceCache
+from lit_idpo.reference.seam import AdapterDisabledReference, CachedReference, LiveReference, ReferenceLogprobs
 from lit_idpo.sharding import decoder_blocks, gathered_state, is_sharded, shard_fsdp2
 
 METRIC_NAMES = (
@@ -44,25 +44,6 @@ METRIC_NAMES = (
 #: Logged for the intermediate layers only, and only with ``model.exit_loss_weight > 0``.
 EXIT_METRIC = "exit_nll"
 EXIT_TOKENS = "exit_tokens"  # compute_loss's count of the chosen completion tokens behind exit_nll (not logged)
-# The paper's best setting read layer 22 of a 32-block model; by default we take the same relative depth.
-PAPER_RELATIVE_LAYER = 22 / 32
-
-
-def disable_dropout(model: nn.Module) -> None:
-    """Turn every dropout off (modules and the float rates attention layers read from their config)."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        for name in ("attention_dropout", "dropout_p"):
-            if isinstance(getattr(module, name, None), float):
-                setattr(module, name, 0.0)
-
-
-def default_intermediate_layer(num_layers: int) -> int:
-    """The intermediate layer at the paper's relative depth, round(L * 22/32), kept inside 1..L-1."""
-    return max(1, min(num_layers - 1, round(num_layers * PAPER_RELATIVE_LAYER)))
-
-
 def _check_options(beta: float, gamma: float, loss_type: str, label_smoothing: float, on_nonfinite_loss: str,
                    exit_loss_weight: float) -> None:
     if loss_type not in LOSS_TYPES:
@@ -106,24 +87,13 @@ class IntermediateDPO(LightningModule):
         loss_type: ``sigmoid`` (DPO), ``robust``, ``hinge`` or ``ipo`` (TRL's definitions; ``ipo`` uses
             length-averaged log-probs).
         label_smoothing: label-noise rate for ``sigmoid`` (conservative DPO) and ``robust``.
-        exit_loss_weight: weight ``w`` of an early-exit loss that trains each selected intermediate layer,
-            read through the shared final norm and LM head, as a draft model for self-speculative decoding
-            (see ``lit-idpo speculate``): the loss gains ``w * mean over the layers of model.layers`` (not the
-            final layer) of the negative log-likelihood of the CHOSEN completions, averaged over their tokens
-            (sum of the chosen completion tokens' log-probs over the batch, divided by their number; the
-            same in every ``data.packing`` mode). It reuses the log-probs of the DPO term: no extra LM-head
-            pass. Logged per layer as ``train/layer<k>/exit_nll`` and ``val/layer<k>/exit_nll``. ``0`` (the
-            default) is off and changes nothing; needs at least one layer in ``model.layers``.
+        exit_loss_weight: weight ``w`` of an early-exit loss: ``w * mean over model.layers`` of the chosen
+            completions' token-averaged NLL at that layer, so it drafts for ``lit-idpo speculate``; ``0`` (the
+            default) is off. Logged as ``train/layer<k>/exit_nll`` (docs/training.md).
         reference_model: reference source; ``null`` uses a fresh copy of ``model``.
-        reference_cache: directory for cached reference log-probs, or ``null`` to run the reference in
-            every step. When set, the reference scores every training and validation pair once before
-            fit (progress bar; under DDP/FSDP each rank scores a share) and its per-layer log-probs are
-            stored there as safetensors; training then reads them by pair index, and a run that finds the
-            cache complete never loads the reference. The cache is keyed by the token ids of every pair,
-            a content fingerprint of the reference model's files, its ``dtype``, ``trainer.precision`` and the
-            layers;
-            a cache that does not match (or cannot be read) stops the run with an error naming what
-            differs: delete the directory to rebuild it. Needs the data as a ``PreferenceDataModule``.
+        reference_cache: directory for reference log-probs computed once before fit and read by pair index
+            after (a complete cache never loads the reference); ``null`` runs the reference every step. A
+            cache that does not match the pairs, model, dtype, precision or layers is refused (docs/reference_cache.md).
         dtype: weights' dtype when loading (``float32``, ``bfloat16``, ``float16``); mixed precision
             is ``trainer.precision`` (``auto``: bf16-mixed where the device multiplies natively in bf16).
         backend: LM-head kernel: ``auto`` (triton on CUDA, torch elsewhere), ``torch``, ``triton``, or
@@ -141,9 +111,8 @@ class IntermediateDPO(LightningModule):
             of ``fit``; ``null`` is ``<log_dir>/hf_model``.
         optimizer: optimiser factory; ``null`` is AdamW(lr=1e-6).
         lr_scheduler: learning-rate scheduler factory (stepped every optimiser step); ``null`` for none.
-        init_seed: initialisation seed of the tiny random models (ignored for pretrained ones). Not
-            ``seed``: Lightning merges the model's and the data module's hyperparameters, and
-            ``data.seed`` (the shuffling seed) must be free to differ.
+        init_seed: initialisation seed of the tiny random models (ignored for pretrained ones; not ``seed``,
+            which Lightning would merge with ``data.seed``).
     """
 
     def __init__(
@@ -223,6 +192,7 @@ class IntermediateDPO(LightningModule):
 
         #: The frozen reference copy, when one is loaded: never with LoRA; with a cache only while it is built.
         self.reference_network: Optional[nn.Module] = None
+        self._packable: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # networks checked for packed batches
         # The live reference scores batches (every step, or once to build the cache); chosen here, once.
         self._live_reference: ReferenceLogprobs = (
             AdapterDisabledReference(lambda: self.policy, self._sums) if lora is not None
@@ -259,17 +229,13 @@ class IntermediateDPO(LightningModule):
         return f"{layer_name}__{metric.replace('/', '__')}"
 
     # ------------------------------------------------------------------ forward + loss
-    def _sums(self, network: nn.Module, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        if is_packed(batch):
-            self._check_packable(network)
-        return batch_logprobs(network, batch, self.layer_ids, backend=self.hparams.backend)  # [1+K, 2B]
-
-    @staticmethod
-    def _check_packable(network: nn.Module) -> None:
-        # A packed batch built without the module's resolution (a data module used directly) must still be exact.
-        if not getattr(network, "_lit_idpo_packable", False):
+    def _sums(self, network: nn.Module, batch: Dict[str, torch.Tensor],
+              plan: Optional[ScoringPlan] = None) -> torch.Tensor:
+        if is_packed(batch) and network not in self._packable:
+            # A packed batch built without the module's resolution (a data module used directly) must still be exact.
             check_packable(network)
-            network._lit_idpo_packable = True
+            self._packable.add(network)
+        return batch_logprobs(network, batch, self.layer_ids, backend=self.hparams.backend, plan=plan)  # [1+K, 2B]
 
     @staticmethod
     def num_pairs(batch: Dict[str, torch.Tensor]) -> int:
@@ -286,11 +252,12 @@ class IntermediateDPO(LightningModule):
         ``exit_tokens`` (the chosen completion tokens it averages over).
         """
         num_pairs = self.num_pairs(batch)
-        lengths = scoring_plan(batch).lengths()  # [2B] scored tokens (the first token has no target)
+        plan = scoring_plan(batch)  # once per batch; the policy, the reference and the lengths read it
+        lengths = plan.lengths()  # [2B] scored tokens (the first token has no target)
         loss_type = self.hparams.loss_type
-        sums = self._sums(self.policy, batch)  # [1+K, 2B]
+        sums = self._sums(self.policy, batch, plan)  # [1+K, 2B]
         policy = sequence_logps_for_loss(sums, lengths, loss_type)  # [1+K, 2B]
-        reference = self.reference.sums(batch, split).to(policy.dtype)  # [1+K, 2B]
+        reference = self.reference.sums(batch, split, plan).to(policy.dtype)  # [1+K, 2B]
         reference = sequence_logps_for_loss(reference, lengths, loss_type)
         loss, metrics = intermediate_dpo_loss(
             policy[:, :num_pairs], policy[:, num_pairs:], reference[:, :num_pairs], reference[:, num_pairs:],
@@ -478,5 +445,4 @@ class IntermediateDPO(LightningModule):
         return directory
 
 
-__all__ = ["CheckpointError", "IntermediateDPO", "LoraOptions", "METRIC_NAMES", "SafeCheckpointIO", "decoder_blocks",
-           "default_intermediate_layer", "disable_dropout", "load_checkpoint_safely"]
+__all__ = ["IntermediateDPO", "LoraOptions", "METRIC_NAMES", "decoder_blocks"]

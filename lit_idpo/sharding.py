@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from lit_idpo.errors import ConfigError
-from lit_idpo.logprobs import _unwrap, find_head_path
+from lit_idpo.logprobs import find_head_path
+from lit_idpo.models import unwrap_peft
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -23,7 +24,7 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList:
     for child in path.backbone.children():
         if isinstance(child, nn.ModuleList) and len(child) == path.num_layers:
             return child
-    raise ValueError(f"cannot find the {path.num_layers} decoder blocks of {type(_unwrap(model)).__name__}.")
+    raise ValueError(f"cannot find the {path.num_layers} decoder blocks of {type(unwrap_peft(model)).__name__}.")
 
 
 def shard_fsdp2(networks: Iterable[Optional[nn.Module]], mesh) -> None:
@@ -44,7 +45,7 @@ def shard_fsdp2(networks: Iterable[Optional[nn.Module]], mesh) -> None:
             continue
         for block in decoder_blocks(network):
             fully_shard(block, mesh=data_mesh)
-        fully_shard(_unwrap(network), mesh=data_mesh)
+        fully_shard(unwrap_peft(network), mesh=data_mesh)
 
 
 def is_sharded(trainer) -> bool:

@@ -76,16 +76,6 @@ def test_score_summary_uses_the_one_t_interval_unclipped_and_wilson_for_right_wr
     assert ev.score_summary([0.3], 0.95)["ci_low"] is None  # one non-binary score: no interval
 
 
-def test_old_module_paths_still_work():
-    import lit_idpo.evaluate as old_evaluate
-    import lit_idpo.judges as old_judges
-
-    for module in (old_evaluate, old_judges):
-        for name in module.__all__:
-            assert getattr(module, name) is getattr(ev, name), name
-    assert old_evaluate.main is ev.main and old_judges.JudgeError is ev.JudgeError
-
-
 def test_judge_errors_are_user_errors_with_their_old_bases():
     from lit_idpo.errors import UserError
 

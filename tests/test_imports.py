@@ -30,6 +30,16 @@ def test_kernels_and_bare_package_load_no_framework(code):
     assert _loaded_heavy_modules(code) == []
 
 
+@pytest.mark.parametrize("code", [
+    "import lit_idpo.logprobs",
+    "from lit_idpo import sequence_logprobs",
+    "import lit_idpo.batch, lit_idpo.layers",
+])
+def test_the_torch_level_api_loads_no_lightning(code):
+    # The model side reads the batch contract (lit_idpo.batch), never data/ (whose datamodule is Lightning's).
+    assert [m for m in _loaded_heavy_modules(code) if m.split(".")[0] in ("lightning", "pytorch_lightning")] == []
+
+
 @pytest.mark.slow  # importing Lightning in a fresh interpreter: 5-15 s here
 def test_a_name_that_needs_lightning_loads_it_on_first_use():
     # The probe itself: proves the check above can see Lightning when it is there.

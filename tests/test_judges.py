@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from lit_idpo import evaluate as ev
-from lit_idpo.judges import (
+from lit_idpo import evaluation as ev
+from lit_idpo.evaluation import (
     Comparison,
     JudgeAuthError,
     JudgeError,

@@ -342,8 +342,6 @@ def test_unknown_backend():
     choices = r"\('auto', 'naive', 'torch', 'triton'\)"
     with pytest.raises(ValueError, match=rf"unknown backend='cuda'; choose one of {choices}"):
         LinearLogprobsOptions(backend="cuda")
-    with pytest.raises(ValueError, match=r"unknown backend='cuda'"), pytest.warns(DeprecationWarning):
-        linear_logprobs(**_args(), backend="cuda")  # the deprecated keyword is checked the same way
 
 
 @pytest.mark.parametrize("backend", ["torch", "naive"])
@@ -367,28 +365,9 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- options
-def test_deprecated_keywords_fold_into_the_options_with_a_warning():
-    args = _args()
-    want = linear_logprobs(**args, options=LinearLogprobsOptions(backend="naive", ignore_index=3))
-    with pytest.warns(DeprecationWarning, match=r"options=LinearLogprobsOptions\(backend='naive', ignore_index=3\)"):
-        got = linear_logprobs(**args, backend="naive", ignore_index=3)
-    assert torch.equal(got, want)
-    assert (got[args["targets"] == 3] == 0).all() and (got[args["targets"] != 3] < 0).all()
-    with pytest.warns(DeprecationWarning):  # both, agreeing: accepted
-        same = linear_logprobs(**args, backend="naive", options=LinearLogprobsOptions(backend="naive", ignore_index=3))
-    assert torch.equal(same, want)
-
-
-def test_keywords_that_contradict_the_options_are_refused():
-    # Never a silent override: the keyword and the options object disagree, so neither wins.
-    with pytest.raises(TypeError, match=r"conflicting options \(backend='torch' but options.backend='naive'\)"):
-        linear_logprobs(**_args(), backend="torch", options=LinearLogprobsOptions(backend="naive"))
-    with pytest.raises(TypeError, match=r"ignore_index=-1 but options.ignore_index=-100"):
-        linear_logprobs(**_args(), ignore_index=-1, options=LinearLogprobsOptions())
-
-
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(chunk_rows=4), r"unexpected keyword argument 'chunk_rows'; options are passed as options="),
+    (dict(chunk_rows=4), r"unexpected keyword argument 'chunk_rows'"),
+    (dict(backend="torch"), r"unexpected keyword argument 'backend'"),  # options travel in options= only
     (dict(options=dict(backend="torch")), r"options must be a LinearLogprobsOptions or None, got dict"),
 ])
 def test_unknown_keyword_or_options_type_is_refused(kwargs, match):

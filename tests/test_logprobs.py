@@ -5,7 +5,8 @@ import torch
 from helpers import layer_logprob_sums, padded_rows
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs
-from lit_idpo.logprobs import find_head_path, resolve_layers, sequence_logprobs
+from lit_idpo.layers import resolve_layers
+from lit_idpo.logprobs import find_head_path, sequence_logprobs
 from lit_idpo.models import load_model
 
 

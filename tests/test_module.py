@@ -10,12 +10,14 @@ import torch
 import yaml
 from helpers import pair_batch
 
-from lit_idpo.cli import IntermediateDPOCLI, main
+from lit_idpo.cli import main
 from lit_idpo.data import PreferenceDataModule
 from lit_idpo.errors import ConfigError
+from lit_idpo.fit import IntermediateDPOCLI
+from lit_idpo.layers import default_intermediate_layer
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.losses import preference_loss
-from lit_idpo.module import IntermediateDPO, LoraOptions, default_intermediate_layer
+from lit_idpo.module import IntermediateDPO, LoraOptions
 
 CONFIGS = sorted(glob.glob(str(Path(__file__).resolve().parents[1] / "configs" / "*.yaml")))
 

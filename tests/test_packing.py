@@ -7,9 +7,9 @@ import torch
 from scale_common import LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
 import lit_idpo.module as module_lib
+from lit_idpo.batch import resolve_packing, scoring_plan, sequence_token_counts
 from lit_idpo.cli import main
 from lit_idpo.data import PreferenceCollator, PreferenceDataModule
-from lit_idpo.data.packing import resolve_packing, scoring_plan, sequence_token_counts
 from lit_idpo.errors import ConfigError
 from lit_idpo.logprobs import batch_logprobs, sequence_logprobs
 from lit_idpo.models import load_model
@@ -204,10 +204,31 @@ def test_reference_cache_built_in_one_mode_serves_another(tmp_path, monkeypatch)
 
 
 def test_cli_fit_with_prefix_shared(tmp_path, monkeypatch):
+    # The option reaches the batches: every batch the module scores is a prefix_shared one (one pair per row,
+    # the rejected completion's positions continuing from the prompt's end, never restarting at 0).
     monkeypatch.chdir(tmp_path)
+    seen = []
+    real = IntermediateDPO.compute_loss
+
+    def recording(self, batch, split=None):
+        seen.append({k: v.detach().cpu() for k, v in batch.items()})
+        return real(self, batch, split)
+
+    monkeypatch.setattr(IntermediateDPO, "compute_loss", recording)
     config = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
     main(["fit", "--config", str(config), "--data.packing", "prefix_shared", "--trainer.max_steps", "2",
           "--trainer.val_check_interval", "2", "--model.hf_output_dir", str(tmp_path / "hf")])
+    assert len(seen) >= 2
+    for batch in seen:
+        assert "packed_attention" in batch and "attention_mask" not in batch
+        num_pairs = batch["pair_index"].numel()
+        assert batch["input_ids"].shape[0] == num_pairs and batch["sequence_tokens"].numel() == 2 * num_pairs
+        # A row holds prompt + chosen + rejected tokens, but its positions stop at prompt + the longer completion
+        # (rows are laid out longest first, so compare as sorted lists).
+        tokens = batch["sequence_tokens"]
+        longer = torch.maximum(tokens[:num_pairs], tokens[num_pairs:])
+        assert sorted((batch["position_ids"].max(-1).values + 1).tolist()) == sorted(longer.tolist())
+        assert batch["input_ids"].shape[1] > longer.max()  # the shared prompt is laid down once, not twice
     assert (tmp_path / "hf" / "config.json").exists()
 
 

@@ -12,11 +12,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from scale_common import Crash, LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
+from lit_idpo.checkpoint import CheckpointError, SafeCheckpointIO, load_checkpoint_safely
 from lit_idpo.data import PreferenceDataModule
 from lit_idpo.errors import UserError
 from lit_idpo.logprobs import sequence_logprobs
 from lit_idpo.models import load_model
-from lit_idpo.module import CheckpointError, IntermediateDPO, LoraOptions, SafeCheckpointIO, load_checkpoint_safely
+from lit_idpo.module import IntermediateDPO, LoraOptions
 from lit_idpo.sharding import decoder_blocks
 
 

@@ -160,7 +160,7 @@ def test_cli_help_lists_the_options():
 @pytest.mark.parametrize("args, needle", [
     (["--generation.max_new_tokens", "0"], "generation.max_new_tokens=0"),
     (["--layers", "99"], "out of range"),
-    (["--no_such_option", "1"], "See lit-idpo speculate --help"),
+    (["--no_such_option", "1"], "(the options: lit-idpo speculate --help)"),
 ])
 def test_cli_bad_options_are_one_line_errors(tmp_path, capsys, args, needle):
     with pytest.raises(SystemExit) as exit_info:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_idpo.sweep import runner as sw
 from lit_idpo.errors import ConfigError
+from lit_idpo.sweep import runner as sw
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted(glob.glob(str(ROOT / "configs" / "sweeps" / "*.yaml")))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_idpo.sweep import runner as sw
 from lit_idpo.errors import ConfigError
 from lit_idpo.evaluation.implicit import pair_correctness
 from lit_idpo.evaluation.statistics import bootstrap_interval, over_seeds, t_quantile, two_level_bootstrap
+from lit_idpo.sweep import runner as sw
 from lit_idpo.sweep.report import format_seeds_markdown, plot_sweep
 from lit_idpo.sweep.seeds import summarize_seeds
 from lit_idpo.sweep.spec import Setting
@@ -349,7 +349,7 @@ def test_the_accelerator_switch_reaches_the_child_fits_and_the_evaluation(tmp_pa
         seen.update(kwargs)
         raise Stop
 
-    ev = sw._evaluation()
+    ev = sw.evaluation
     monkeypatch.setattr(ev, "evaluate", fake_evaluate)
     monkeypatch.setattr(sw.Sweep, "is_trained", lambda self, name: True)
     monkeypatch.setattr(sw.Sweep, "num_layers", lambda self: 4)

@@ -54,8 +54,9 @@ task's files (``*.jsonl``) live in this folder as package data.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from lit_idpo import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -117,14 +118,4 @@ if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run 
     from lit_idpo.data.tokenize import PairTokenizer, SplitStats, tokenize_rows, truncate_prompt
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

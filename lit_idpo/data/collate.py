@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
+from lit_idpo.batch import check_packing_mode
 from lit_idpo.data.packing import PACKERS
 from lit_idpo.errors import ConfigError
 
@@ -48,17 +49,15 @@ class PreferenceCollator:
         pad_token_id: token id written into padding positions (masked out by ``attention_mask``).
         padding_side: ``"right"`` (padding after the tokens) or ``"left"`` (before them).
         packing: ``"none"`` (the padded batch above), ``"padding_free"`` or ``"prefix_shared"``: a packed
-            batch of the same pairs (keys in :mod:`lit_idpo.data.packing`); ``padding_side`` does not apply.
-            ``auto`` is resolved against the model first (:func:`lit_idpo.data.packing.resolve_packing`).
+            batch of the same pairs (keys in :mod:`lit_idpo.batch`); ``padding_side`` does not apply.
+            ``auto`` is resolved against the model first (:func:`lit_idpo.batch.resolve_packing`).
     """
 
     def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right",
                  packing: Literal["none", "padding_free", "prefix_shared"] = "none"):
         if padding_side not in ("right", "left"):
             raise ConfigError(f"padding_side={padding_side!r}; choose 'right' or 'left'")
-        if packing != "none" and packing not in PACKERS:
-            raise ConfigError(f"packing={packing!r}; choose 'none', {' or '.join(map(repr, PACKERS))} (resolve "
-                              f"'auto' with lit_idpo.data.packing.resolve_packing first)")
+        check_packing_mode(packing, "packing", ("none", *PACKERS))  # 'auto' is resolved first (lit_idpo.batch)
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
         self.packing = packing

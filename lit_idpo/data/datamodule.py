@@ -13,8 +13,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
+from lit_idpo.batch import check_packing_mode, resolve_packing
 from lit_idpo.data.collate import PreferenceCollator, PreferencePairs
-from lit_idpo.data.packing import PACKING_MODES, resolve_packing
 from lit_idpo.data.rows import FORMATS
 from lit_idpo.data.sampler import PairBatchSampler, ResumableDataLoader, pair_token_counts
 from lit_idpo.data.sources import load_split
@@ -31,10 +31,10 @@ def _cached_tokenizer(source: str):
 
 def _check_options(options: Dict[str, Any]) -> None:
     """Raise a ConfigError naming ``data.<option>`` for a value PreferenceDataModule cannot use."""
-    for name, allowed in (("format", FORMATS), ("on_bad_row", ("error", "skip")), ("padding_side", ("right", "left")),
-                          ("packing", PACKING_MODES)):
+    for name, allowed in (("format", FORMATS), ("on_bad_row", ("error", "skip")), ("padding_side", ("right", "left"))):
         if options[name] not in allowed:
             raise ConfigError(f"data.{name}={options[name]!r} is not an option; choose one of {list(allowed)}")
+    check_packing_mode(options["packing"])  # the one check of data.packing (lit_idpo.batch)
     for name, least in (("batch_size", 1), ("val_batch_size", 1), ("num_workers", 0), ("max_length", 2),
                         ("max_prompt_length", 1), ("limit_train_pairs", 1), ("limit_val_pairs", 1),
                         ("max_tokens_per_batch", 1)):
@@ -58,7 +58,7 @@ class PreferenceDataModule(pl.LightningDataModule):
     ``[2B, T]``; rows ``0..B-1`` prompt + chosen, rows ``B..2B-1`` prompt + rejected of the same pairs,
     ``completion_mask`` 1 on completion tokens only) and ``pair_index`` (LongTensor ``[B]``: the pair's
     index in its split after filtering, stable across runs); packed modes (``packing``) carry the same pairs in
-    the layout of :mod:`lit_idpo.data.packing`. Formats, chat templates, truncation and bad
+    the layout of :mod:`lit_idpo.batch`. Formats, chat templates, truncation and bad
     rows are handled as described in :mod:`lit_idpo.data`.
 
     Args:
@@ -96,7 +96,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         limit_val_pairs: Keep only the first this-many usable validation pairs.
         padding_side: ``right`` (default) or ``left`` padding of the batched sequences.
         seed: Seed of the training loader's shuffling generator.
-        packing: How the ``2B`` sequences of a batch are laid out (:mod:`lit_idpo.data.packing`): ``none``
+        packing: How the ``2B`` sequences of a batch are laid out (:mod:`lit_idpo.batch`): ``none``
             (padded rows), ``padding_free`` (no pad tokens), ``prefix_shared`` (each pair as
             ``[prompt | chosen | rejected]``, the prompt computed once) or ``auto`` (default): the fastest
             mode that is exact for the model, resolved when the module sees the model

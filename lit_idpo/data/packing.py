@@ -1,171 +1,24 @@
-"""Packed DPO batches (``data.packing``) and the scoring plan every batch mode shares.
+"""Packed DPO batches (``data.packing``): the builders of the ``padding_free`` and ``prefix_shared`` layouts.
 
-Modes:
-
-- ``none``: padded rows, one sequence (prompt + chosen or prompt + rejected) per row (:class:`PreferenceCollator`).
 - ``padding_free``: sequences laid end to end without pad tokens; ``position_ids`` restart at 0 for each
   sequence and attention stays inside it (block-diagonal causal mask).
 - ``prefix_shared``: each pair becomes ``[prompt | chosen | rejected]``; rejected tokens attend to the
   prompt and to themselves (causally), never to the chosen tokens, and their positions continue from the
-  prompt's end, so every token sees exactly what it would in its own padded row. The prompt is computed
-  once per pair (Wang et al. 2024, arXiv 2410.20305).
-- ``auto``: the fastest mode that is exact for the model, resolved by :func:`resolve_packing` once the
-  model is known (the module's ``setup``); a datamodule never told the model serves padded batches.
+  prompt's end, so every token sees exactly what it would in its own padded row (Wang et al. 2024,
+  arXiv 2410.20305).
 
-Row layout. SDPA with a dense mask computes all ``T x T`` scores of a row on CPU, so one long row per batch
-wastes attention work quadratically. Units (a sequence for ``padding_free``, a whole pair for
-``prefix_shared``) are placed first-fit, longest first, into rows no longer than the longest unit: one pair
-per row for ``prefix_shared`` (no duplicated prompt, little padding) and short sequences sharing rows for
-``padding_free``. Measured (SmolLM2-135M fp32, 8 bundled arithmetic pairs, train step with live reference,
-2-core CPU shared with other jobs, so medians of few steps): padded [16, 56] 28.5 s, prefix_shared [8, 69]
-the fastest in every interleaved round (best 14.6 s vs 41.4 s padded), padding_free rows of twice the longest
-sequence [8, 112] 40.4 s and one row [1, 874] 44.2 s, both slower than rows of the longest sequence. On
-pairs of near-equal length (the bundled set) padding_free has the padded layout ([16, 56]) and costs about
-the same as padded; it gains on ragged lengths.
-
-A packed batch carries, besides ``pair_index [B]``:
-
-- ``input_ids [R, T]`` and ``position_ids [R, T]``;
-- ``packed_attention [R, 1, T, T]`` bool, True where a query token may attend to a key token (pad tokens
-  attend to themselves only, so no softmax row is empty);
-- the scoring plan: ``score_index [n]`` (flat index into ``R * T`` of the hidden state that predicts each
-  scored token), ``score_target [n]`` (its token id), ``score_sequence [n]`` (which of the ``2B``
-  sequences it belongs to: chosen ``0..B-1``, rejected ``B..2B-1``);
-- ``sequence_tokens [2B]``: each sequence's prompt + completion token count.
-
-A padded batch (``attention_mask`` present) gives the same plan through :func:`scoring_plan`, so the
-log-prob code has one path for every mode. Which keys are present defines the mode: no tensor-free
-metadata travels through Lightning's device transfer.
+Units (a sequence, or a whole pair) are placed first-fit, longest first, into rows no longer than the longest
+unit. The keys a packed batch carries are the contract in :mod:`lit_idpo.batch`; why this row layout, with
+measurements: ``docs/packing.md``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 import torch
 
-from lit_idpo.errors import ConfigError
-
-PACKING_MODES = ("auto", "none", "padding_free", "prefix_shared")
-#: Model types whose rotary (Llama/Mistral/Qwen2/Qwen3) or absolute (GPT-2) positions are read from
-#: ``position_ids`` and whose attention takes a custom 4-D mask unchanged; the tests check them for exactness.
-PACKABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
-#: Attention implementations that apply a custom dense 4-D mask as given.
-MASK_ATTENTION = ("sdpa", "eager")
-
-Batch = Dict[str, torch.Tensor]
-
-
-def is_packed(batch: Batch) -> bool:
-    """True for a ``padding_free`` / ``prefix_shared`` batch (it carries ``packed_attention``)."""
-    return "packed_attention" in batch
-
-
-@dataclass
-class ScoringPlan:
-    """Which hidden state predicts which scored token of which sequence (see the module docstring)."""
-
-    index: torch.Tensor  # [n] flat index into R*T
-    target: torch.Tensor  # [n] token ids
-    sequence: torch.Tensor  # [n] 0..2B-1
-    num_sequences: int
-
-    def lengths(self) -> torch.Tensor:
-        """``[2B]`` scored (completion) tokens per sequence."""
-        return torch.bincount(self.sequence, minlength=self.num_sequences)
-
-
-def scoring_plan(batch: Batch) -> ScoringPlan:
-    """The scoring plan of a batch of any mode (built from ``completion_mask`` for a padded one)."""
-    if is_packed(batch):
-        return ScoringPlan(batch["score_index"], batch["score_target"], batch["score_sequence"],
-                           2 * batch["pair_index"].numel())
-    input_ids, completion = batch["input_ids"], batch["completion_mask"].bool()
-    width = input_ids.shape[1]
-    # Hidden state at t-1 predicts token t.
-    row, position = completion[:, 1:].nonzero(as_tuple=True)  # [n] each
-    return ScoringPlan(row * width + position, input_ids[:, 1:][row, position], row, input_ids.shape[0])
-
-
-def sequence_token_counts(batch: Batch) -> torch.Tensor:
-    """``[2, 2B]``: per sequence, its prompt + completion tokens and its completion tokens."""
-    if is_packed(batch):
-        tokens = batch["sequence_tokens"]
-        return torch.stack([tokens, scoring_plan(batch).lengths().to(tokens.dtype)])
-    return torch.stack([batch["attention_mask"].sum(-1), batch["completion_mask"].sum(-1)])
-
-
-def attention_for(batch: Batch, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
-    """The 4-D mask of a packed batch as the attention implementation wants it: SDPA takes the boolean mask,
-    eager attention adds its mask to the scores, so it gets 0 / most-negative values of ``dtype``."""
-    allowed = batch["packed_attention"]
-    if attn_implementation == "eager":
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(
-            ~allowed, torch.finfo(dtype).min)
-    return allowed
-
-
-# --------------------------------------------------------------------------------------------------
-# Which modes a model can serve
-# --------------------------------------------------------------------------------------------------
-
-
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") and callable(model.get_base_model) else model
-
-
-def unsupported_reason(mode: str, model) -> Optional[str]:
-    """Why ``model`` cannot score ``mode`` batches exactly, or None when it can."""
-    if mode == "none":
-        return None
-    config = _base(model).config
-    model_type = getattr(config, "model_type", None)
-    if model_type not in PACKABLE_MODEL_TYPES:
-        return (f"packed batches are checked for exactness only on {', '.join(PACKABLE_MODEL_TYPES)} models "
-                f"(their positions come from position_ids and their attention takes a custom mask)")
-    implementation = getattr(config, "_attn_implementation", None) or "eager"
-    if implementation not in MASK_ATTENTION:
-        return (f"its attention implementation {implementation!r} does not apply a custom 4-D attention mask "
-                f"(packed rows need one); load it with attn_implementation='sdpa' or 'eager'")
-    sliding = getattr(config, "sliding_window", None)
-    if sliding is not None and getattr(config, "use_sliding_window", True):
-        return (f"its sliding-window attention (sliding_window={sliding}) is replaced by a packed batch's mask, "
-                f"so tokens further apart than the window would see each other")
-    return None
-
-
-def resolve_packing(requested: str, models: Sequence[Any]) -> Tuple[str, Optional[str]]:
-    """The mode to use for ``requested`` with these models (policy, reference), and why ``auto`` fell back.
-
-    ``auto`` picks ``prefix_shared`` when every model serves it exactly, else ``none`` (the reason is
-    returned for the log). An explicit mode a model cannot serve raises a ConfigError naming ``data.packing``.
-    """
-    if requested not in PACKING_MODES:
-        raise ConfigError(f"data.packing={requested!r} is not an option; choose one of {list(PACKING_MODES)}")
-    # Both packed modes need the same support (a custom 4-D mask and position_ids), and prefix_shared does less work.
-    candidates = ("prefix_shared",) if requested == "auto" else (requested,)
-    reasons = []
-    for mode in candidates:
-        reason = next((r for r in (unsupported_reason(mode, m) for m in models if m is not None) if r), None)
-        if reason is None:
-            return mode, ("; ".join(reasons) or None)
-        model_type = next(getattr(_base(m).config, "model_type", "?") for m in models if m is not None)
-        reasons.append(f"data.packing={mode} cannot serve model type {model_type!r}: {reason}")
-        if requested != "auto":
-            raise ConfigError(f"{reasons[-1]}. Use data.packing=none (padded batches) or auto.")
-    return "none", "; ".join(reasons) + "; using padded batches (data.packing=none)"
-
-
-def check_packable(model) -> None:
-    """Raise a ConfigError naming ``data.packing`` when ``model`` cannot score packed batches exactly (for a
-    packed batch built without :func:`resolve_packing`, e.g. by a data module used directly)."""
-    reason = unsupported_reason("prefix_shared", model)
-    if reason is not None:
-        model_type = getattr(_base(model).config, "model_type", "?")
-        raise ConfigError(f"data.packing: a packed batch cannot be scored by model type {model_type!r}: {reason}. "
-                          f"Use data.packing=none or auto.")
-
+from lit_idpo.batch import Batch
 
 # --------------------------------------------------------------------------------------------------
 # Building packed batches
@@ -301,6 +154,4 @@ def pack_prefix_shared(examples: Sequence[Dict[str, Any]], pad_token_id: int) ->
 
 PACKERS = {"padding_free": pack_padding_free, "prefix_shared": pack_prefix_shared}
 
-__all__ = ["PACKABLE_MODEL_TYPES", "PACKERS", "PACKING_MODES", "ScoringPlan", "attention_for", "check_packable",
-           "is_packed", "pack_padding_free", "pack_prefix_shared", "resolve_packing", "scoring_plan",
-           "sequence_token_counts", "unsupported_reason"]
+__all__ = ["PACKERS", "pack_padding_free", "pack_prefix_shared"]

@@ -26,8 +26,9 @@ Every name below is importable from here; they are loaded on first use (PEP 562)
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from lit_idpo import lazy_exports
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -243,14 +244,4 @@ if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run 
     from lit_idpo.fingerprint import model_fingerprint
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,10 +6,12 @@ import hashlib
 import sys
 from typing import Union
 
+from lit_idpo.errors import info as say
+
 
 def info(message: str) -> None:
-    """One progress line on stderr (stdout carries the report)."""
-    print(f"lit-idpo evaluate: {message}", file=sys.stderr, flush=True)
+    """One progress line on stderr, ``lit-idpo evaluate: ...`` (:func:`lit_idpo.errors.info`)."""
+    say("evaluate", message)
 
 
 def sha256(data: Union[str, bytes]) -> str:

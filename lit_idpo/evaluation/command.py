@@ -37,7 +37,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from lit_idpo.errors import ConfigError, VerifierError
+from lit_idpo.errors import ConfigError, VerifierError, add_progress_flag, command_parser, config_error
 from lit_idpo.evaluation._util import info
 from lit_idpo.evaluation.audit import reading_disagreements, truncation_check
 from lit_idpo.evaluation.generation import generate_responses
@@ -258,18 +258,16 @@ def _legacy_argv(argv: Sequence[str]) -> List[str]:
 
 def build_parser():
     """The ``lit-idpo evaluate`` parser (jsonargparse, from :func:`run`'s signature and docstrings)."""
-    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+    from jsonargparse import ArgumentParser
 
     class EvaluateParser(ArgumentParser):
         def parse_args(self, args=None, *rest, **kwargs):  # reads the older spellings too
             return super().parse_args(None if args is None else _legacy_argv(args), *rest, **kwargs)
 
-    parser = EvaluateParser(prog="lit-idpo evaluate", description=DESCRIPTION,
-                            exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options (see --print_config)")
+    parser = command_parser("evaluate", DESCRIPTION, config_help="a YAML file of these options (see --print_config)",
+                            parser_class=EvaluateParser)
     parser.add_function_arguments(run, skip={"progress"}, as_positional=False)
-    parser.add_argument("--progress", action=ActionYesNo, default=True,
-                        help="show progress bars (--no_progress hides them)")
+    add_progress_flag(parser)
     return parser
 
 
@@ -291,8 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         config = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
         init = parser.instantiate_classes(config)
     except argparse.ArgumentError as err:
-        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        raise ConfigError(f"evaluate: {message}. See lit-idpo evaluate --help.") from None
+        raise config_error(err, "evaluate") from None
     options = {k: v for k, v in vars(init).items() if k != "config"}
     return run(**options)
 

@@ -19,19 +19,13 @@ from lit_idpo.evaluation._util import info, progress_bar
 from lit_idpo.evaluation.generation import load_eval_model, resolve_device
 from lit_idpo.evaluation.implicit_cache import LogprobCache, Logprobs, layer_request
 from lit_idpo.evaluation.options import DataOptions, ImplicitOptions, ModelSpec
+from lit_idpo.layers import select_layers
 
 
 def resolve_implicit_layers(layers: Union[str, Sequence[int]], num_layers: int) -> List[int]:
     """``auto`` (8 evenly spaced layers, the last one final), ``all``, or explicit numbers -> sorted 1..L."""
-    from lit_idpo.logprobs import resolve_layers
-
-    if layers == "auto":
-        return sorted({max(1, round(num_layers * k / 8)) for k in range(1, 9)})
-    if layers == "all":
-        return list(range(1, num_layers + 1))
-    if isinstance(layers, str):
-        raise ConfigError(f"implicit.layers={layers!r}; use 'auto', 'all' or a list of layer numbers")
-    return sorted(set(resolve_layers(list(layers), num_layers)))
+    return select_layers(layers, num_layers, "implicit.layers", allow_empty=True,
+                         auto=lambda L: [max(1, round(L * k / 8)) for k in range(1, 9)])
 
 
 def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: DataOptions,

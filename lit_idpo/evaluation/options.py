@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from lit_idpo.errors import ConfigError
+from lit_idpo.layers import parse_layer_list
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -125,11 +126,7 @@ class ImplicitOptions:
 
     def __post_init__(self):
         if isinstance(self.layers, str) and self.layers not in ("auto", "all"):
-            try:  # the command line's "5,21,-1"
-                self.layers = [int(x) for x in self.layers.replace(" ", "").split(",") if x]
-            except ValueError:
-                raise ConfigError(f"implicit.layers={self.layers!r}; use auto, all, or layer numbers such as "
-                                  f"5,21,-1 (or a list [5, 21, -1] in a config file)") from None
+            self.layers = parse_layer_list(self.layers, "implicit.layers")  # the command line's "5,21,-1"
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"implicit.batch_size={self.batch_size!r}; it must be an integer >= 1")
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from lit_idpo.data.packing import sequence_token_counts
+from lit_idpo.batch import ScoringPlan, sequence_token_counts
 from lit_idpo.errors import UserError
 from lit_idpo.fingerprint import model_fingerprint
 from lit_idpo.storage import atomic_write
@@ -105,7 +105,7 @@ class ReferenceTable:
     tokens: torch.Tensor  # [N, 3] int64
 
     def lookup(self, pair_index: torch.Tensor, layer_ids: Sequence[int], batch: Dict[str, torch.Tensor],
-               split: str) -> torch.Tensor:
+               split: str, plan: Optional[ScoringPlan] = None) -> torch.Tensor:
         """``[len(layer_ids), 2B]`` reference log-probs of a batch (chosen rows, then rejected), on the batch's device.
 
         Checks that each pair's token counts in the batch equal the cached ones, so a batch from other
@@ -116,7 +116,7 @@ class ReferenceTable:
             raise ReferenceCacheError(f"reference_cache: the {split} batch has pair_index {index.tolist()}, but the "
                                       f"cache holds {self.chosen.shape[0]} pairs of that split.")
         num_pairs = index.numel()
-        seen = sequence_token_counts(batch).cpu()  # [2, 2B], whatever the batch's packing mode
+        seen = sequence_token_counts(batch, plan).cpu()  # [2, 2B], whatever the batch's packing mode
         cached = self.tokens[index]  # [B, 3]
         expected = torch.stack([torch.cat([cached[:, 0] + cached[:, 1], cached[:, 0] + cached[:, 2]]),
                                 torch.cat([cached[:, 1], cached[:, 2]])])  # [2, 2B]
@@ -295,7 +295,8 @@ class ReferenceCache:
         self._key: Optional[CacheKey] = None
         self._digests: Dict[str, tuple] = {}
 
-    def lookup(self, batch: Dict[str, torch.Tensor], split: Optional[str]) -> torch.Tensor:
+    def lookup(self, batch: Dict[str, torch.Tensor], split: Optional[str],
+               plan: Optional[ScoringPlan] = None) -> torch.Tensor:
         """``[len(layers), 2B]`` cached reference log-prob sums of a ``split`` batch (:meth:`ReferenceTable.lookup`)."""
         table = self.tables.get(split) if split is not None else None
         if table is None:
@@ -303,7 +304,7 @@ class ReferenceCache:
                 f"model.reference_cache is set but no cached reference log-probs are loaded for split={split!r} "
                 f"(loaded: {sorted(self.tables)}); they are loaded by the Trainer (setup/on_fit_start) "
                 f"from the data module's pairs.")
-        return table.lookup(batch["pair_index"], self.layers, batch, split)
+        return table.lookup(batch["pair_index"], self.layers, batch, split, plan)
 
     def open(self, trainer, stage: str) -> None:
         """Load the complete cached splits ``stage`` needs (``fit``: train and val, ``validate``: val) and

@@ -9,7 +9,7 @@ The LightningModule chooses one :class:`ReferenceLogprobs` once and asks it for 
 
 Every implementation returns the same layout: ``[1 + K, 2B]`` SUMS of completion-token log-probs,
 row 0 the final layer and rows 1..K the intermediate ones, columns the batch's chosen rows then its
-rejected rows. Batches may be of any packing mode (:mod:`lit_idpo.data.packing`): the live references score
+rejected rows. Batches may be of any packing mode (:mod:`lit_idpo.batch`): the live references score
 the very batch the policy scores, and the cache is keyed by the pairs' tokens, so it serves every mode.
 Length averaging (``ipo``) is the loss's business (:mod:`lit_idpo.losses`).
 """
@@ -22,20 +22,23 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
+from lit_idpo.batch import ScoringPlan
 from lit_idpo.reference.cache import ReferenceCache
 
 Batch = Dict[str, torch.Tensor]
-#: ``score(network, batch)``: a network's ``[1 + K, 2B]`` per-layer log-prob sums of a batch.
-Scorer = Callable[[nn.Module, Batch], torch.Tensor]
+#: ``score(network, batch, plan)``: a network's ``[1 + K, 2B]`` per-layer log-prob sums of a batch (``plan``: its
+#: scoring plan, built once per batch by the caller, or None).
+Scorer = Callable[[nn.Module, Batch, Optional[ScoringPlan]], torch.Tensor]
 
 
 class ReferenceLogprobs(ABC):
     """The reference model's per-layer summed completion log-probs of a batch."""
 
     @abstractmethod
-    def sums(self, batch: Batch, split: Optional[str] = None) -> torch.Tensor:
+    def sums(self, batch: Batch, split: Optional[str] = None, plan: Optional[ScoringPlan] = None) -> torch.Tensor:
         """``[1 + K, 2B]`` reference log-prob sums of ``batch``; ``split`` (``"train"``/``"val"``) names the
-        split its ``pair_index`` refers to (only a cached reference needs it)."""
+        split its ``pair_index`` refers to (only a cached reference needs it); ``plan`` is the batch's
+        scoring plan when the caller has built it."""
 
 
 class LiveReference(ReferenceLogprobs):
@@ -52,12 +55,12 @@ class LiveReference(ReferenceLogprobs):
         self._score = score
 
     @torch.no_grad()
-    def sums(self, batch: Batch, split: Optional[str] = None) -> torch.Tensor:
+    def sums(self, batch: Batch, split: Optional[str] = None, plan: Optional[ScoringPlan] = None) -> torch.Tensor:
         network = self._network()
         if network is None:
             raise RuntimeError("the reference model is not loaded: with model.reference_cache it is loaded only to "
                                "build the cache; read cached values through compute_loss(batch, split=...).")
-        return self._score(network, batch)
+        return self._score(network, batch, plan)
 
 
 class AdapterDisabledReference(ReferenceLogprobs):
@@ -73,10 +76,10 @@ class AdapterDisabledReference(ReferenceLogprobs):
         self._score = score
 
     @torch.no_grad()
-    def sums(self, batch: Batch, split: Optional[str] = None) -> torch.Tensor:
+    def sums(self, batch: Batch, split: Optional[str] = None, plan: Optional[ScoringPlan] = None) -> torch.Tensor:
         policy = self._policy()
         with policy.disable_adapter():
-            return self._score(policy, batch)
+            return self._score(policy, batch, plan)
 
 
 class CachedReference(ReferenceLogprobs):
@@ -90,8 +93,8 @@ class CachedReference(ReferenceLogprobs):
         """The loaded tables by split (``"train"``, ``"val"``)."""
         return self.cache.tables
 
-    def sums(self, batch: Batch, split: Optional[str] = None) -> torch.Tensor:
-        return self.cache.lookup(batch, split)
+    def sums(self, batch: Batch, split: Optional[str] = None, plan: Optional[ScoringPlan] = None) -> torch.Tensor:
+        return self.cache.lookup(batch, split, plan)
 
 
 __all__ = ["AdapterDisabledReference", "CachedReference", "LiveReference", "ReferenceLogprobs", "Scorer"]

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from lit_idpo.errors import ConfigError
+from lit_idpo.errors import ConfigError, add_progress_flag, command_parser, config_error, info
 from lit_idpo.evaluation.options import DTYPES, DataOptions
+from lit_idpo.layers import select_layers
 from lit_idpo.speculate.decoding import DraftCounter, DraftSettings, DraftStats, SharedCacheDecoder, TransformersDecoder
 
 __all__ = ["SpeculateOptions", "OutputMismatchError", "DraftCounter", "speculate", "layer_agreement",
@@ -114,32 +115,11 @@ class SpeculateOptions:
             raise ConfigError(f"generation.dtype={self.dtype!r}; choose one of {', '.join(DTYPES)}")
 
 
-def _info(message: str) -> None:
-    print(f"lit-idpo speculate: {message}", file=sys.stderr, flush=True)
-
-
 def resolve_exit_layers(layers: Union[str, Sequence[int]], num_layers: int) -> List[int]:
     """Exit layers as sorted numbers 1..L from ``auto`` (about 1/4, 1/3, 1/2, 2/3 and 3/4 of the depth),
     ``all``, a list (negative numbers count from the end: -1 is L) or the same list as text ``10,20``."""
-    from lit_idpo.logprobs import resolve_layers
-
-    if layers == "auto":
-        return sorted({min(num_layers - 1, max(1, round(num_layers * f))) for f in (1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4)}
-                      if num_layers > 1 else {1})
-    if layers == "all":
-        return list(range(1, num_layers + 1))
-    if isinstance(layers, str):
-        try:
-            layers = [int(x) for x in layers.replace(" ", "").split(",") if x]
-        except ValueError:
-            raise ConfigError(f"layers={layers!r}; use auto, all, or layer numbers such as 10,20 (a list [10, 20] "
-                              f"in a config file)") from None
-    if not layers:
-        raise ConfigError("layers is empty; give auto, all, or layer numbers such as 10,20")
-    try:
-        return sorted(set(resolve_layers(list(layers), num_layers)))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+    return select_layers(layers, num_layers, "layers", auto=lambda L: [
+        min(L - 1, max(1, round(L * f))) for f in (1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4)] if L > 1 else [1])
 
 
 def check_early_exit_support(model) -> None:
@@ -268,8 +248,8 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
     cuts = [truncate_prompt(render_prompt_ids(tokenizer, r.prompt), options.max_prompt_length, tokenizer.bos_token_id)
             for r in prompts]
     prompt_ids, truncated = [ids for ids, _ in cuts], sum(cut for _, cut in cuts)
-    _info(f"{len(prompts)} prompts from split {data.split!r} of {data.source!r}; exit layers {exit_layers} of "
-          f"{path.num_layers}; {options.num_assistant_tokens} draft tokens per round")
+    info("speculate", f"{len(prompts)} prompts from split {data.split!r} of {data.source!r}; exit layers "
+                      f"{exit_layers} of {path.num_layers}; {options.num_assistant_tokens} draft tokens per round")
 
     eos = _eos_ids(lm, tokenizer)
     hf = TransformersDecoder(lm, eos, tokenizer.pad_token_id, tokenizer.bos_token_id, options.max_new_tokens,
@@ -402,20 +382,26 @@ def run(model: str, output_dir: str, layers: Union[str, List[int]] = "auto",
     return results
 
 
+def build_parser():
+    """The ``lit-idpo speculate`` parser (jsonargparse, from :func:`run`'s signature and docstrings)."""
+    parser = command_parser("speculate", DESCRIPTION, config_help="a YAML file of these options (see --print_config)")
+    parser.add_function_arguments(run, skip={"progress"}, as_positional=False)
+    add_progress_flag(parser)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Entry point of ``lit-idpo speculate`` (jsonargparse's :func:`~jsonargparse.auto_cli` over :func:`run`:
-    ``--config``, ``--print_config``, ``--help``); prints the markdown table and returns the results.
+    """Entry point of ``lit-idpo speculate``; prints the markdown table and returns the results.
 
     Raises :class:`~lit_idpo.errors.ConfigError` for a bad option (``lit-idpo`` prints it as one line).
     """
-    from jsonargparse import auto_cli
-
+    parser = build_parser()
     try:
-        return auto_cli(run, args=sys.argv[1:] if argv is None else list(argv), as_positional=False,
-                        prog="lit-idpo speculate", description=DESCRIPTION, exit_on_error=False)
+        config = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        init = parser.instantiate_classes(config)
     except argparse.ArgumentError as err:
-        problem = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        raise ConfigError(f"speculate: {problem}. See lit-idpo speculate --help.") from None
+        raise config_error(err, "speculate") from None
+    return run(**{k: v for k, v in vars(init).items() if k != "config"})
 
 
 if __name__ == "__main__":

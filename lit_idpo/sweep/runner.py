@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import hashlib
-import importlib
 import json
 import shlex
 import shutil
@@ -21,8 +20,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
-from lit_idpo.errors import ConfigError, UserError
+from lit_idpo import evaluation
+from lit_idpo.errors import ConfigError, UserError, info
 from lit_idpo.evaluation.statistics import compare_over_seeds, verdict
+from lit_idpo.layers import resolve_layers
 from lit_idpo.storage import atomic_write_json, atomic_write_text, read_json_or
 from lit_idpo.sweep.report import format_sweep_markdown, plot_sweep, write_sweep_plot
 from lit_idpo.sweep.seeds import eval_name, run_key, summarize_seeds
@@ -47,21 +48,6 @@ __all__ = ["Setting", "Sweep", "SweepConfig", "SweepSpec", "TrainingRunError", "
 class TrainingRunError(UserError, RuntimeError):
     """A setting's ``lit-idpo fit`` child process failed. Its own error and traceback are in its log (and were
     shown as it ran); this message names the setting, the exit code, the log and the command to repeat it."""
-
-
-def _info(message: str) -> None:
-    print(f"lit-idpo sweep: {message}", file=sys.stderr, flush=True)
-
-
-def _evaluation():
-    # The evaluation's functions: lit_idpo.evaluation once it exports them, the older lit_idpo.evaluate before.
-    try:
-        module = importlib.import_module("lit_idpo.evaluation")
-        if hasattr(module, "evaluate") and hasattr(module, "ModelSpec"):
-            return module
-    except ModuleNotFoundError:
-        pass
-    return importlib.import_module("lit_idpo.evaluate")
 
 
 def _parse_fit_config(config_files: Sequence[str]):
@@ -210,7 +196,8 @@ class Sweep:
     def train(self) -> None:
         """Train every setting that the manifest does not list as finished with the same configuration."""
         todo = [n for n in self.runs if not self.is_trained(n)]
-        _info(f"{len(self.runs) - len(todo)} of {len(self.runs)} training run(s) already done; {len(todo)} to train")
+        info("sweep", f"{len(self.runs) - len(todo)} of {len(self.runs)} training run(s) already done; "
+                      f"{len(todo)} to train")
         for i, name in enumerate(todo, start=1):
             self.train_one(name, f"[{i}/{len(todo)}]")
 
@@ -225,7 +212,7 @@ class Sweep:
         atomic_write_text(run / "command.txt", command + "\n")
         log = run / "fit.log"
         gamma = setting.gamma if setting.gamma is not None else self.base.model.gamma
-        _info(f"{counter} training {name} (layers {setting.layers or 'none'}, gamma {gamma}): {command}")
+        info("sweep", f"{counter} training {name} (layers {setting.layers or 'none'}, gamma {gamma}): {command}")
         started = time.perf_counter()
         code = run_logged(argv, log)
         seconds = time.perf_counter() - started
@@ -243,7 +230,7 @@ class Sweep:
                                            "command": argv,
                                            "log": str(log), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.manifest_path, self.manifest)
-        _info(f"{name}: trained in {seconds:.0f} s")
+        info("sweep", f"{name}: trained in {seconds:.0f} s")
 
     def num_layers(self) -> int:
         for name in self.runs:
@@ -255,7 +242,7 @@ class Sweep:
 
     def evaluate(self, progress: bool = True) -> Dict[str, Any]:
         """Judge every setting against DPO and SFT (and DPO against SFT); write the table and the plot."""
-        ev = _evaluation()
+        ev = evaluation  # its names load on first use
         options = self.spec.evaluate
         data_raw = {"source": self.base.data.source, "split": self.base.data.val_split,
                     "data_files": _to_plain(self.base.data.data_files), "subset": self.base.data.subset,
@@ -287,7 +274,7 @@ class Sweep:
             if implicit.layers == "auto":
                 # The trained layers of every setting, plus the evenly spaced ones.
                 L = self.num_layers()
-                trained = {layer if layer > 0 else layer + L + 1 for s in self.spec.settings for layer in s.layers}
+                trained = {layer for s in self.spec.settings for layer in resolve_layers(s.layers, L)}
                 implicit.layers = sorted(set(ev.resolve_implicit_layers("auto", L)) | trained)
         results = ev.evaluate(models, self.out / "eval", judge=judge, data=data, generation=options.generation,
                               pairs=pairs, reference=self.base_model if implicit is not None else None,
@@ -313,7 +300,7 @@ class Sweep:
 
         rows = []
         for name, setting in self.runs.items():
-            layers = [layer if layer > 0 else layer + L + 1 for layer in setting.layers]
+            layers = resolve_layers(setting.layers, L)
             entry = self.manifest["settings"].get(name, {})
             row = {"name": name, "layers": layers, "k": len(layers),
                    "gamma": setting.gamma if setting.gamma is not None else float(self.base.model.gamma),

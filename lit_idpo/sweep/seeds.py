@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from lit_idpo.evaluation.statistics import BOOTSTRAP_RESAMPLES, compare_over_seeds, over_seeds
+from lit_idpo.layers import resolve_layers
 from lit_idpo.sweep.spec import DPO, SFT
 
 
@@ -97,7 +98,7 @@ def summarize_seeds(sweep, results: Mapping[str, Any]) -> Dict[str, Any]:
     for arm, setting in sweep.arms.items():
         names = [eval_name(run_key(arm, seed)) for seed in seeds]
         dpo = [eval_name(run_key(DPO, seed)) for seed in seeds]
-        layers = [layer if layer > 0 else layer + L + 1 for layer in setting.layers]
+        layers = resolve_layers(setting.layers, L)
         fit = [sweep.manifest["settings"].get(run_key(arm, seed), {}).get("fit_seconds") for seed in seeds]
         row: Dict[str, Any] = {
             "name": arm, "layers": layers, "k": len(layers),

@@ -9,7 +9,6 @@ and the fix.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import os
 from argparse import ArgumentError
@@ -17,23 +16,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, Namespace
+from jsonargparse import ActionYesNo, ArgumentParser, Namespace
 
-from lit_idpo.errors import ConfigError
-
-
-def _evaluation_options():
-    # The evaluation options' home: lit_idpo.evaluation once it holds them, the older lit_idpo.evaluate before.
-    try:
-        return importlib.import_module("lit_idpo.evaluation.options")
-    except ModuleNotFoundError:
-        return importlib.import_module("lit_idpo.evaluate")
-
-
-_options = _evaluation_options()
-DataOptions = _options.DataOptions
-GenerationOptions = _options.GenerationOptions
-ImplicitOptions = _options.ImplicitOptions
+from lit_idpo.errors import ConfigError, add_progress_flag, command_parser, config_error, one_line
+from lit_idpo.evaluation.options import DataOptions, GenerationOptions, ImplicitOptions
 
 SFT, DPO = "sft", "dpo"
 # Fit options that the sweep sets itself for each run (a setting's overrides may not).
@@ -175,21 +161,19 @@ class SweepSpec:
 
 def build_parser() -> ArgumentParser:
     """The ``lit-idpo sweep`` parser: the sweep file's options (:class:`SweepConfig`) and the command's flags."""
-    parser = ArgumentParser(
-        prog="lit-idpo sweep", exit_on_error=False,
+    parser = command_parser(
+        "sweep", config_help="a sweep file (examples in configs/sweeps/)",
         description="Train a list of Intermediate DPO settings (layers, K, gamma) from one base config, judge each "
                     "against plain DPO and the untrained SFT model, and write a table and a plot. Re-running resumes: "
                     "finished settings (manifest.json) are skipped and cached generations reused. Each training runs "
                     "as its own `lit-idpo fit` process; its command and log are in output_dir/runs/<name>/.")
-    parser.add_argument("--config", action=ActionConfigFile, help="a sweep file (examples in configs/sweeps/)")
     parser.add_class_arguments(SweepConfig, None, fail_untyped=True)
     parser.add_argument("--dry_run", action=ActionYesNo, default=False,
                         help="print each run's state and exact fit command (writing the config files those commands "
                              "read into output_dir); train nothing")
     parser.add_argument("--train_only", action=ActionYesNo, default=False,
                         help="train what is missing, do not evaluate")
-    parser.add_argument("--progress", action=ActionYesNo, default=True,
-                        help="show progress bars (--no_progress hides them)")
+    add_progress_flag(parser)
     return parser
 
 
@@ -203,9 +187,8 @@ def parse_args(argv: Sequence[str]):
         files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
         where = f"sweep config {', '.join(map(str, files))}: " if files else ""
         if 'key "seeds"' in str(err):
-            raise ConfigError(f"{where}seeds: {SEEDS_FIX}; {' '.join(str(err).split())}") from err
-        raise ConfigError(f"{where}{' '.join(str(err).split())} (the options: lit-idpo sweep --help; "
-                          f"lit-idpo sweep --print_config prints a full sweep file)") from err
+            raise ConfigError(f"{where}seeds: {SEEDS_FIX}; {one_line(str(err))}") from err
+        raise config_error(err, "sweep", where=where) from err
     files = [f for f in (cfg.get("config") or []) if f is not None]
     return cfg, (Path(os.fspath(files[-1])) if files else None)
 
