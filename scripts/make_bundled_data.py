@@ -4,11 +4,11 @@
     python scripts/make_bundled_data.py --check    # exit 1 if the committed files differ from a fresh generation
     python scripts/make_bundled_data.py --measure  # also: greedy accuracy of SmolLM2-135M-Instruct on the test split
 
-The rows come from :func:`lit_idpo.bundled.make_rows` (seed 0: 2,000 train pairs, 200 test pairs).
+The rows come from :func:`~lit_idpo.data.tasks.arithmetic_data.make_rows` (seed 0: 2,000 train pairs, 200 test pairs).
 
 Measured (``--measure``): SmolLM2-135M-Instruct (``embedded:smollm2-135m-instruct``, float32, CPU),
 chat template with ``add_generation_prompt``, left-padded batches of 50, greedy, 16 new tokens,
-judged by :func:`lit_idpo.bundled.is_correct`: **59/200 = 29.5 %** on the 200 test prompts (seed 0;
+judged by :func:`~lit_idpo.data.tasks.arithmetic_data.is_correct`: **59/200 = 29.5 %** on the 200 test prompts (seed 0;
 transformers 5.24, torch 2.13). By category: mul_tens 7/8, add_tens 2/3, mul_by_ten 7/11, add_one
 15/27, sub_1x1 3/6, mul_two 3/7, add_1x1 2/2, mul_1x1 1/2, add_2x2_no_carry 8/38, add_2x2_carry 2/11,
 sub_2x2 1/6, add_2x1_no_carry 3/22, mul_2x1 5/47, add_3x1_no_carry 0/10. Typical failures: a wrong
@@ -24,7 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from lit_idpo import bundled
+from lit_idpo.data.tasks import arithmetic_data as bundled
 
 
 def write(out_dir: Path, seed: int) -> None:

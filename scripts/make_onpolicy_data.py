@@ -8,7 +8,7 @@
 
 For each prompt (the first ``--train-prompts`` of ``bundled:arithmetic``'s train split, and all 200 of its
 test split) SmolLM2-135M-Instruct samples ``--samples`` responses (chat template, temperature 0.7, no top-k or
-top-p cut, at most 128 new tokens); :mod:`lit_idpo.onpolicy` labels them with the answer checker
+top-p cut, at most 128 new tokens); :mod:`~lit_idpo.data.tasks.arithmetic_onpolicy` labels them with the answer checker
 (:func:`lit_idpo.evaluation.is_correct`, the result stated for the asked expression; a sample cut at the limit is
 never right) and keeps one (right, wrong) pair per prompt. Written to ``lit_idpo/data/``:
 ``arithmetic_onpolicy_{train,test}.jsonl`` (the pairs), ``arithmetic_onpolicy_samples.jsonl`` (every sampled
@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from lit_idpo import bundled, onpolicy
+from lit_idpo.data.tasks import arithmetic_data as bundled
+from lit_idpo.data.tasks import arithmetic_onpolicy as onpolicy
 from lit_idpo.storage import JsonlCache, atomic_write_json, atomic_write_text
 
 MODEL = "embedded:smollm2-135m-instruct"
@@ -112,7 +113,7 @@ def sample(rows_by_split: Dict[str, List[dict]], args) -> List[dict]:
 
 
 def relabel(samples: List[dict], rows_by_split: Dict[str, List[dict]]) -> List[dict]:
-    """The samples labelled afresh by the current checker (:func:`lit_idpo.onpolicy.label`), whatever they held.
+    """The samples labelled afresh by the current checker (:func:`~.arithmetic_onpolicy.label`), whatever they held.
 
     So that a rebuild from shipped or cached samples never keeps labels an older checker wrote.
     """

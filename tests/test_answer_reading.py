@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_idpo import bundled
+from lit_idpo.data.tasks import arithmetic_data as bundled
 from lit_idpo.evaluation import (
     EXTRACTIONS,
     is_correct,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lit_idpo import bundled
+from lit_idpo.data.tasks import arithmetic_data as bundled
 from lit_idpo.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -272,8 +272,8 @@ def test_model_specs_names():
 
 
 def test_render_prompt_uses_the_chat_template_like_training():
-    from lit_idpo.bundled import load_rows
     from lit_idpo.data import NormalizedRow, PairTokenizer
+    from lit_idpo.data.tasks.arithmetic_data import load_rows
     from lit_idpo.models import load_tokenizer
 
     tokenizer = load_tokenizer("tiny-llama")

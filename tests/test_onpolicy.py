@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from lit_idpo import bundled, onpolicy
 from lit_idpo.data import load_split
+from lit_idpo.data.tasks import arithmetic_data as bundled
+from lit_idpo.data.tasks import arithmetic_onpolicy as onpolicy
 from lit_idpo.evaluation import is_correct
 
 ROW = {"id": "arithmetic-train-00007", "prompt": "What is 41 + 35? Answer briefly.", "answer": 76, "category": "c"}

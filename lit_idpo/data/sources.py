@@ -151,9 +151,9 @@ def read_json_rows(path: Path) -> SourceRows:
 
 
 def _load_bundled(task: str, split: str) -> SourceRows:
-    from lit_idpo import bundled
+    from lit_idpo.data.tasks import arithmetic_data
 
-    path = bundled.dataset_path(task, split)
+    path = arithmetic_data.dataset_path(task, split)
     if not path.is_file():
         raise DataError(f"{path} (bundled:{task} split {split!r}) is missing from the installation; reinstall "
                         f"lit-idpo, or regenerate it with: python scripts/make_bundled_data.py")

@@ -1,6 +1,6 @@
 """The arithmetic task's verifier (``bundled:arithmetic``, ``bundled:arithmetic_onpolicy``).
 
-The rows are built by :mod:`lit_idpo.bundled` (and :mod:`lit_idpo.onpolicy`): ``prompt`` asks
+The rows are built by :mod:`.arithmetic_data` (and :mod:`.arithmetic_onpolicy`): ``prompt`` asks
 ``"What is a op b? Answer briefly."`` and ``answer`` holds the true integer result. The verifier reads
 the result a response states for the asked expression
 (:func:`lit_idpo.evaluation.answer_reading.score_response`; ``extraction`` picks the reading).

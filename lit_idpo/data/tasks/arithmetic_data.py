@@ -1,4 +1,4 @@
-"""The bundled verifiable preference task: short arithmetic questions with checkable answers.
+"""The arithmetic task's rows (``bundled:arithmetic``): short questions with checkable answers, and the files.
 
 Each row asks ``"What is 41 + 35? Answer briefly."``; ``chosen`` answers in the style
 SmolLM2-135M-Instruct itself uses for such prompts (``"41 + 35 = 76."``) and ``rejected`` is the same
@@ -33,10 +33,10 @@ from lit_idpo.errors import ConfigError
 from lit_idpo.evaluation.answer_reading import is_correct_last_equation, last_equation_answer
 
 #: ``arithmetic``: templated pairs built here; ``arithmetic_onpolicy``: the model's own sampled responses on the
-#: same prompts, labelled by the answer checker (``scripts/make_onpolicy_data.py``; :mod:`lit_idpo.onpolicy`).
+#: same prompts, labelled by the answer checker (``scripts/make_onpolicy_data.py``; :mod:`.arithmetic_onpolicy`).
 TASKS = ("arithmetic", "arithmetic_onpolicy")
 SPLITS = ("train", "test")
-DATA_DIR = Path(__file__).resolve().parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1]  # lit_idpo/data/: the shipped .jsonl files (package data)
 SEED = 0
 N_TRAIN = 2000
 N_TEST = 200
