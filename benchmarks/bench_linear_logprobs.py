@@ -58,6 +58,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+sys.path.insert(0, str(HERE))
+
+from bench_common import device_name, rss_kb, wait_for_idle_cpu  # noqa: E402  (the benchmarks' shared helpers)
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs  # noqa: E402
 
@@ -184,14 +187,6 @@ def timed(device, f) -> float:
     return time.perf_counter() - start
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_probe(method: str, case: Case, device: str) -> dict:
     """Runs in a fresh process: peak extra bytes of one forward(+backward)."""
     fn = methods_for(device)[method]
@@ -209,9 +204,9 @@ def memory_probe(method: str, case: Case, device: str) -> dict:
         return {"peak_extra_bytes": torch.cuda.max_memory_allocated() - base}
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset VmHWM to the current RSS
-    base = _status_kb("VmRSS")
+    base = rss_kb("VmRSS")
     step(fn, hidden, weight, targets, grad_out, backward=has_grad)
-    return {"peak_extra_bytes": (_status_kb("VmHWM") - base) * 1024}
+    return {"peak_extra_bytes": (rss_kb("VmHWM") - base) * 1024}
 
 
 def measure_memory(method: str, case: Case, device: str) -> Optional[float]:
@@ -235,46 +230,11 @@ def matmul_peak_tflops(device: str) -> Optional[float]:
     return 2 * 8192**3 / statistics.median(times) / 1e12
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            name = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name} ({torch.get_num_threads()} threads)"
-
-
 def loadavg() -> float:
     try:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
-
-
-def cpu_idle_fraction(interval: float = 1.0) -> float:
-    """Share of all cores' time spent idle over ``interval`` seconds (from /proc/stat)."""
-
-    def read():
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:]]
-        return values[3] + values[4], sum(values)  # idle + iowait, total
-
-    idle0, total0 = read()
-    time.sleep(interval)
-    idle1, total1 = read()
-    return (idle1 - idle0) / max(1, total1 - total0)
-
-
-def wait_for_idle_cpu(max_wait: float, threshold: float = 0.85) -> bool:
-    """On a shared machine: wait (at most ``max_wait`` s) until other processes leave the CPU idle."""
-    deadline = time.time() + max_wait
-    while time.time() < deadline:
-        if cpu_idle_fraction() >= threshold:
-            return True
-    return False
 
 
 def run_case(case: Case, methods: dict, device: str, repeats: int, with_memory: bool,

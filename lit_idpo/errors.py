@@ -29,6 +29,10 @@ class ModelSourceError(UserError, OSError):
     """A model source that cannot be loaded: a path that does not exist, or a Hub id unreachable offline."""
 
 
+class MissingDependencyError(UserError, ImportError):
+    """An optional package an option needs is not installed (names the option and the pip command)."""
+
+
 class VerifierError(UserError, RuntimeError):
     """A task's verifier (or the user's ``judge.verifier``) that raised, or gave no bool, on one response."""
 

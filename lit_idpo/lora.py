@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from torch import nn
 
-from lit_idpo.errors import ConfigError
+from lit_idpo.errors import ConfigError, MissingDependencyError
 
 
 @dataclass
@@ -52,7 +52,8 @@ def wrap_lora(policy: nn.Module, lora: LoraOptions) -> nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
-        raise ImportError("model.lora needs peft: pip install peft (or pip install 'lit-idpo[lora]').") from error
+        raise MissingDependencyError("model.lora needs peft, which is not installed: pip install peft (or pip "
+                                     "install 'lit-idpo[lora]').") from error
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(policy, config)

@@ -20,19 +20,24 @@ which the fused head takes its bf16 path), and the reference cache's key.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 from typing import List, Literal, Optional, Tuple, Union
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
 try:  # the type Lightning's Trainer declares for its precision
     from lightning.fabric.connector import _PRECISION_INPUT
 except ImportError:  # pragma: no cover - moved in some release: accept any value, Lightning still checks it
     _PRECISION_INPUT = Union[int, str]
 
-__all__ = ["AUTO", "DEFAULT_PRECISION", "Trainer", "native_bf16", "resolve_precision"]
+__all__ = ["AUTO", "DEFAULT_PRECISION", "StepsProgressBar", "Trainer", "native_bf16", "quiet_lightning",
+           "resolve_precision"]
 
 AUTO = "auto"
 #: What an unset ``trainer.precision`` means: ``None`` is Lightning's default (32-true). Becomes ``AUTO`` once
@@ -104,6 +109,39 @@ def resolve_precision(precision, accelerator="auto"):
     return chosen
 
 
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertisements ("💡 Tip: ... try installing litlogger / litmodels") from its log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_NO_TIPS = _NoTips()
+
+
+def quiet_lightning() -> None:
+    """What every fit would otherwise print and no user should act on: Lightning's logger and model-registry
+    tips, and its warning that modules are in eval mode (the frozen reference is, on purpose; the model summary
+    above it counts them)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _NO_TIPS not in logger.filters:
+            logger.addFilter(_NO_TIPS)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+class StepsProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, without the ``Epoch 0/-2`` it shows for a run bounded by ``max_steps``
+    (``max_epochs`` is then -1: no last epoch to show)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:  # Lightning's private hook; its own if renamed
+        description = super()._get_train_description(current_epoch)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs < 0:
+            description = description.replace(f"/{max_epochs - 1}", "")
+        return description
+
+
 class Trainer(pl.Trainer):
     """Lightning's Trainer, whose ``precision`` also takes ``auto`` (see :mod:`lit_idpo.trainer`)."""
 
@@ -119,4 +157,10 @@ class Trainer(pl.Trainer):
         """
         if precision is None:
             precision = DEFAULT_PRECISION
+        quiet_lightning()
+        callbacks = kwargs.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if (_RICH_AVAILABLE and kwargs.get("enable_progress_bar") is not False
+                and not any(isinstance(c, ProgressBar) for c in callbacks)):
+            kwargs["callbacks"] = callbacks + [StepsProgressBar()]  # what Lightning would add, minus "Epoch 0/-2"
         super().__init__(precision=resolve_precision(precision, kwargs.get("accelerator", "auto")), **kwargs)

@@ -226,3 +226,15 @@ def test_quickstart_config_runs_on_the_embedded_model(tmp_path, monkeypatch):
     # The accuracy is a fraction of the 8 held-out pairs (one validation pass, not a running mean).
     accuracy = float(last[header.index("val/rewards/accuracies")])
     assert accuracy * 8 == pytest.approx(round(accuracy * 8), abs=1e-6)
+
+
+def test_lora_without_peft_is_a_one_line_user_error(monkeypatch):
+    import sys
+
+    from lit_idpo.errors import UserError
+    from lit_idpo.lora import wrap_lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if it were not installed
+    with pytest.raises(UserError, match=r"model\.lora needs peft, which is not installed: pip install peft") as info:
+        wrap_lora(torch.nn.Linear(2, 2), LoraOptions())
+    assert isinstance(info.value, ImportError) and "\n" not in str(info.value)

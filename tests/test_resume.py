@@ -10,7 +10,7 @@ from scale_common import Crash, make_module_kwargs, make_trainer, one_thread  # 
 from test_distributed import _launch
 
 from lit_idpo.data import PreferenceDataModule
-from lit_idpo.data.sampler import PairBatchSampler, token_bounded_batches
+from lit_idpo.data.sampler import PairBatchSampler, ResumableDataLoader, token_bounded_batches
 from lit_idpo.errors import ConfigError
 from lit_idpo.module import IntermediateDPO
 
@@ -89,7 +89,7 @@ def test_resume_state_skips_the_batches_done_once():
     full = list(sampler)
     sampler.load_state_dict({"epoch": 2, "batches_done": 3})
     assert list(sampler) == full[3:]
-    assert sampler.state_dict() == {"epoch": 2, "batches_done": 5}
+    assert sampler.state_dict() == {"epoch": 2, "batches_done": 5, "batch_size": 2, "max_tokens": None}
     assert list(sampler) == full  # the state applied to one iterator only
     sampler.load_state_dict({"epoch": 1, "batches_done": 3})  # an earlier epoch's position: nothing to skip
     assert list(sampler) == full
@@ -109,6 +109,41 @@ def test_datamodule_serves_token_bounded_batches():
     assert len(batches) == len(loader) and _flat(batches) == list(range(10))
     assert all(sum(tokens[i] for i in b) <= 200 for b in batches)
     assert max(len(b) for b in batches) > 1
+
+
+def test_a_budget_smaller_than_a_pair_is_refused_naming_the_option_and_the_pair():
+    data = PreferenceDataModule(tokenizer="tiny-llama", limit_train_pairs=10, val_split=None, max_tokens_per_batch=3)
+    data.setup("fit")
+    tokens = [len(p) + len(c) + len(r) for p, c, r in zip(
+        data.train_pairs.prompt_ids, data.train_pairs.chosen_ids, data.train_pairs.rejected_ids)]
+    longest = max(tokens)
+    expected = (rf"data\.max_tokens_per_batch=3 is smaller than the longest training pair \({longest} tokens.*"
+                rf"pair_index {tokens.index(longest)}\).*at least {longest}")
+    with pytest.raises(ConfigError, match=expected):
+        data.train_dataloader()
+
+
+@pytest.mark.parametrize("saved,now,option", [
+    (dict(batch_size=2), dict(batch_size=3), r"data\.batch_size is 3 but the checkpoint was saved with "
+                                              r"data\.batch_size=2"),
+    (dict(max_tokens=200), dict(max_tokens=150), r"data\.max_tokens_per_batch is 150 .* "
+                                                  r"data\.max_tokens_per_batch=200"),
+    (dict(), dict(max_tokens=200), r"data\.max_tokens_per_batch is 200 .* data\.max_tokens_per_batch=None"),
+])
+def test_resuming_with_other_batch_options_is_refused(saved, now, option):
+    def sampler(batch_size=2, max_tokens=None):
+        return PairBatchSampler(None, batch_size, num_pairs=len(TOKENS), seed=0, max_tokens=max_tokens,
+                                pair_tokens=TOKENS if max_tokens else None)
+
+    state = sampler(**saved).state_dict()
+    with pytest.raises(ConfigError, match=option):
+        sampler(**now).load_state_dict(state)
+    loader = ResumableDataLoader(range(len(TOKENS)), batch_sampler=sampler(**now))
+    with pytest.raises(ConfigError, match=option):
+        loader.load_state_dict(state)
+    sampler(**saved).load_state_dict(state)  # the same options resume
+    old = {k: v for k, v in state.items() if k in ("epoch", "batches_done")}  # a state without them: nothing to check
+    sampler(**now).load_state_dict(old)
 
 
 # ------------------------------------------------------------------------------------------ resume in a Trainer
@@ -151,10 +186,11 @@ def _resume_matches(tmp_path, data_options, steps, crash_at, accumulate=1):
     state, = torch.load(path, weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     per_epoch = len({b[1] for b in whole})
     epoch, done = divmod(saved * accumulate, per_epoch)
+    options = {"batch_size": data_options.get("batch_size", 8), "max_tokens": data_options.get("max_tokens_per_batch")}
     if done:  # a mid-epoch checkpoint
-        assert state == {"epoch": epoch, "batches_done": done}
+        assert state == {"epoch": epoch, "batches_done": done, **options}
     else:  # written after the last batch of an epoch: the whole epoch is done
-        assert state == {"epoch": epoch - 1, "batches_done": per_epoch}
+        assert state == {"epoch": epoch - 1, "batches_done": per_epoch, **options}
     resumed = _run(tmp_path / "resumed", steps, data_options, ckpt_path=str(path), accumulate=accumulate)
     expected = whole[saved * accumulate:]
     assert [b[:3] for b in resumed] == [b[:3] for b in expected]  # steps, batch indices, pairs

@@ -143,3 +143,37 @@ def test_auto_trains_in_bf16_mixed_where_detected(tmp_path, monkeypatch, detecti
     if cache:  # the cache is keyed by the resolved precision, never by "auto"
         with safe_open(str(tmp_path / "cache" / "train.safetensors"), "pt") as f:
             assert json.loads(f.metadata()["lit_idpo"])["precision"] == "bf16-mixed"
+
+
+# ------------------------------------------------------------------------------- what a fit prints, and does not
+def test_a_max_steps_run_shows_no_negative_epoch_count_nor_lightning_tips(caplog):
+    import logging
+
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    with caplog.at_level(logging.INFO):
+        trainer = Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    assert not [r for r in caplog.records if "Tip:" in r.getMessage()]
+    bars = [c for c in trainer.callbacks if isinstance(c, RichProgressBar)]
+    if bars:  # rich installed: Lightning's bar, without "Epoch 0/-2" (max_epochs is -1 under max_steps)
+        (bar,) = bars
+        assert isinstance(bar, trainer_lib.StepsProgressBar)
+        bar._trainer = trainer  # what Lightning's setup does before it draws
+        trainer.fit_loop.max_epochs = -1  # what fit sets for a run bounded by max_steps only
+        assert bar._get_train_description(0).strip() == "Epoch 0"
+        trainer.fit_loop.max_epochs = 3
+        assert bar._get_train_description(0).strip() == "Epoch 0/2"  # a real last epoch is still shown
+    trainer = Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                      enable_progress_bar=False)
+    assert not [c for c in trainer.callbacks if isinstance(c, RichProgressBar)]  # the user's choice stands
+
+
+def test_the_frozen_reference_raises_no_eval_mode_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        trainer_lib.quiet_lightning()  # what lit_idpo's Trainer does when it is built
+        warnings.warn("Found 59 module(s) in eval mode at the start of training. This may lead to ...", UserWarning,
+                      stacklevel=1)
+    assert not caught

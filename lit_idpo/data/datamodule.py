@@ -85,8 +85,8 @@ class PreferenceDataModule(pl.LightningDataModule):
             ``prompt_truncated``. Null: prompts are never cut.
         batch_size: Pairs per training batch (the batch holds twice as many sequences).
         max_tokens_per_batch: If set, training batches are bounded by tokens rather than pairs: pairs of similar
-            length are grouped until their prompt + chosen + rejected tokens would exceed this budget (a longer
-            pair is a batch of its own), and the batches are served in a new order each epoch
+            length are grouped until their prompt + chosen + rejected tokens would exceed this budget (a budget
+            smaller than the longest pair is refused), and the batches are served in a new order each epoch
             (:class:`~lit_idpo.data.sampler.PairBatchSampler`). Null: ``batch_size`` pairs per batch.
         val_batch_size: Pairs per validation batch; null: same as ``batch_size``.
         num_workers: DataLoader worker processes (0: load in the main process).
@@ -203,6 +203,13 @@ class PreferenceDataModule(pl.LightningDataModule):
             self.setup("fit")
         pairs, trainer = self.train_pairs, self.trainer
         tokens = None if self.max_tokens_per_batch is None else pair_token_counts(pairs)
+        if tokens and max(tokens) > self.max_tokens_per_batch:
+            longest = max(range(len(tokens)), key=tokens.__getitem__)
+            raise ConfigError(
+                f"data.max_tokens_per_batch={self.max_tokens_per_batch} is smaller than the longest training pair "
+                f"({tokens[longest]} tokens: prompt + chosen + rejected, pair_index {longest}); a batch holds whole "
+                f"pairs. Raise it to at least {tokens[longest]}, or drop longer pairs with data.max_length (at most "
+                f"half the budget keeps every pair within it).")
         batch_sampler = PairBatchSampler(None, self.batch_size, num_pairs=len(pairs), seed=self.seed,
                                          pair_tokens=tokens, max_tokens=self.max_tokens_per_batch,
                                          num_replicas=trainer.world_size if trainer else 1,

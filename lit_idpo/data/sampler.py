@@ -11,6 +11,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
+from lit_idpo.errors import ConfigError
+
 
 class EpochShuffleSampler(torch.utils.data.Sampler):
     """A random permutation per epoch, drawn from ``seed + epoch``: reproducible across restarts,
@@ -165,14 +167,27 @@ class PairBatchSampler(BatchSampler):
             yield batch
 
     def state_dict(self) -> Dict[str, Any]:
-        """``{"epoch", "batches_done"}``: the epoch served and how many of its batches this sampler's
-        iterator has handed out. DataLoader workers and Lightning's data fetcher take batches ahead of
-        training, so a checkpoint records how many batches were *trained on* instead (see
-        :meth:`lit_idpo.data.PreferenceDataModule.state_dict`), in the same format."""
-        return {"epoch": self.epoch, "batches_done": self._served}
+        """``{"epoch", "batches_done", "batch_size", "max_tokens"}``: the epoch served, how many of its batches
+        this sampler's iterator has handed out, and the two options that cut the epoch into batches.
+        DataLoader workers and Lightning's data fetcher take batches ahead of training, so a checkpoint records
+        how many batches were *trained on* instead (:class:`ResumableDataLoader`), in the same format."""
+        return {"epoch": self.epoch, "batches_done": self._served, "batch_size": self.batch_size,
+                "max_tokens": self.max_tokens}
+
+    def check_resumable(self, state: Dict[str, Any]) -> None:
+        """A ConfigError when ``state`` was saved with another ``batch_size`` or ``max_tokens``: its count of
+        batches done would then point into different batches (pairs trained twice or never)."""
+        for key, option, now in (("batch_size", "data.batch_size", self.batch_size),
+                                 ("max_tokens", "data.max_tokens_per_batch", self.max_tokens)):
+            if key in state and state[key] != now and (key != "batch_size" or self.max_tokens is None):
+                raise ConfigError(
+                    f"{option} is {now} but the checkpoint was saved with {option}={state[key]}: resuming would "
+                    f"cut the interrupted epoch into other batches (pairs trained twice or never). Resume with "
+                    f"{option}={state[key]}, or start a new run without ckpt_path.")
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Start the next iterator of epoch ``state["epoch"]`` after its first ``state["batches_done"]`` batches."""
+        self.check_resumable(state)
         self._resume = {"epoch": int(state["epoch"]), "batches_done": int(state["batches_done"])}
 
 
@@ -207,6 +222,7 @@ class ResumableDataLoader(DataLoader):
         """Continue after ``state``'s last trained batch: the rest of its epoch, or the next epoch if it was
         done. The epoch is set now because workers take their first indices before Lightning's ``set_epoch``."""
         sampler = self.batch_sampler
+        sampler.check_resumable(state)
         epoch, done = int(state["epoch"]), int(state["batches_done"])
         if done >= len(sampler):
             epoch, done = epoch + 1, 0

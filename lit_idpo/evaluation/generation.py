@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from lit_idpo.data import truncate_prompt
+from lit_idpo.errors import MissingDependencyError
 from lit_idpo.evaluation._util import info, progress_bar, sha256
 from lit_idpo.evaluation.options import GenerationOptions, ModelSpec
 from lit_idpo.evaluation.prompts import PromptRecord, render_prompt_ids
@@ -89,7 +90,8 @@ def load_eval_model(source: str, dtype: str = "float32"):
     try:
         from peft import PeftModel
     except ImportError as err:
-        raise ImportError(f"{source} is a LoRA adapter; loading it needs peft (pip install peft)") from err
+        raise MissingDependencyError(f"{source} is a LoRA adapter; loading it needs peft, which is not installed: "
+                                     f"pip install peft") from err
     return PeftModel.from_pretrained(load_model(base, dtype=dtype), str(path)).merge_and_unload()
 
 
