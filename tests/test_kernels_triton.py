@@ -285,7 +285,7 @@ def test_cuda_bf16_realistic_no_worse_than_eager():
     del h32, w32, ref, ref_h, ref_w
     fused = _run(_public, hidden, weight, targets, upstream)
     eager = _run(lambda h, w, t: linear_logprobs(h, w, t, options=NAIVE), hidden, weight, targets, upstream)
-    _assert_no_worse(fused, eager, truth, torch.finfo(torch.bfloat16).eps)
+    assert_no_worse_than_eager(fused, eager, truth, torch.finfo(torch.bfloat16).eps)
 
 
 @cuda
