@@ -21,7 +21,7 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     judge = results["judge"]
     lines.append(f"Prompts: {prompts['prompts']} from split `{prompts['split']}` of `{prompts['source']}`; "
                  f"judge: `{judge['name']}`" + (f" ({judge['model']})" if judge.get("model") else "") +
-                 (f" (answer reading: `{judge['extraction']}`)" if judge.get("extraction") else "") +
+                 (f" (arithmetic answer reading: `{judge['extraction']}`)" if judge.get("extraction") else "") +
                  (f" (verifier: `{judge['verifier']}`)" if judge.get("verifier") else "") +
                  f"; generation: {_generation_line(results['generation'])}.")
     if results.get("pairs"):

@@ -56,7 +56,7 @@ def _seed_cell(c: Optional[Mapping[str, Any]], signed: bool = False) -> str:
 def _judge_label(judge: Mapping[str, Any]) -> str:
     """The judge as reports name it; the rule judge with its answer reading (issue 19: part of the result)."""
     label = f"`{judge['name']}`"
-    return label + (f" (answer reading `{judge['extraction']}`)" if judge.get("extraction") else "")
+    return label + (f" (arithmetic answer reading `{judge['extraction']}`)" if judge.get("extraction") else "")
 
 
 def format_seeds_markdown(summary: Mapping[str, Any]) -> str:
