@@ -1,10 +1,12 @@
-"""Helpers the benchmark scripts share: memory, machine load, device name, layer choice."""
+"""Helpers the benchmark scripts share: memory, machine load, device name, layer choice, the bare LM-head GEMM."""
 
 from __future__ import annotations
 
 import re
 import time
 from pathlib import Path
+
+import torch
 
 
 def rss_kb(field: str) -> int:
@@ -60,3 +62,27 @@ def wait_for_idle_cpu(max_wait: float, threshold: float = 0.85) -> bool:
         if cpu_idle_fraction() >= threshold:
             return True
     return False
+
+
+class _BareGemm(torch.autograd.Function):
+    """The LM-head GEMM alone: 1 matmul forward, 2 backward (the logits reused as their own gradient)."""
+
+    @staticmethod
+    def forward(ctx, h, w):
+        logits = h @ w.t()  # [N, V]
+        ctx.save_for_backward(h, w, logits)
+        return logits[:, 0].float()  # [N]: a per-row output, so it is driven like the others
+
+    @staticmethod
+    def backward(ctx, _grad):
+        h, w, logits = ctx.saved_tensors
+        grad_h = logits @ w if ctx.needs_input_grad[0] else None  # [N, d]
+        grad_w = logits.t() @ h if ctx.needs_input_grad[1] else None  # [V, d]
+        return grad_h, grad_w
+
+
+def bare_gemm(h, w, t):
+    """The bare LM-head GEMM of the same shape as a log-prob op (the floor it is compared with)."""
+    if not (h.requires_grad or w.requires_grad):
+        return h.reshape(-1, h.shape[-1]) @ w.t()
+    return _BareGemm.apply(h.reshape(-1, h.shape[-1]), w).reshape(t.shape)

@@ -5,6 +5,7 @@
     python benchmarks/bench_linear_logprobs.py --quick          # small smoke test
     python benchmarks/bench_linear_logprobs.py --quick --rows 64 --vocab 1000 --repeats 1   # tiny smoke test
     python benchmarks/bench_linear_logprobs.py --device cuda    # Llama-3-8B head, bf16
+    python benchmarks/bench_linear_logprobs.py --device cuda --quick --rows 8192 --hidden 4096 --vocab 151936
 
 Methods, side by side on the same inputs, in each dtype of ``--dtypes`` (CPU: float32 and bfloat16; a CPU
 with AVX512-BF16 or AMX runs bf16 matmuls several times faster, issue 20). The inputs are created in that
@@ -12,6 +13,9 @@ dtype: under bf16-mixed training the op also casts the fp32 master weight once p
 for eager's ``F.linear``.
   naive       eager PyTorch through linear_logprobs, backend "naive": materialises [N, V] logits
   ours        linear_logprobs, backend "torch" on CPU, "triton" on CUDA
+  torch_chunked  CUDA only: linear_logprobs, backend "torch" (the chunked PyTorch path) on the GPU
+  gemm        CUDA only: the bare LM-head GEMM of the same shape, the floor (forward h @ W^T; backward the
+              two gradient GEMMs with the [N, V] logits reused as the upstream gradient; no softmax)
   torch_lce   PyTorch's own chunked torch.nn.functional.linear_cross_entropy(reduction="none",
               options=LinearCrossEntropyOptions()), negated (cross-entropy = -log-prob)
   liger, cce  Liger-Kernel's and Cut Cross-Entropy's fused linear cross-entropy, CUDA only and only
@@ -60,7 +64,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 sys.path.insert(0, str(HERE))
 
-from bench_common import device_name, rss_kb, wait_for_idle_cpu  # noqa: E402  (the benchmarks' shared helpers)
+from bench_common import bare_gemm, device_name, rss_kb, wait_for_idle_cpu  # noqa: E402  (shared helpers)
 
 from lit_idpo.kernels import LinearLogprobsOptions, linear_logprobs  # noqa: E402
 
@@ -77,8 +81,8 @@ class Case:
     grads: str  # key of GRADS
 
 
-def cases_for(device: str, quick: bool, dtypes=None, rows=None, vocab=None) -> list[Case]:
-    """The cases per dtype; ``rows`` (values of N) and ``vocab`` replace the defaults (e.g. a tiny smoke test)."""
+def cases_for(device: str, quick: bool, dtypes=None, rows=None, vocab=None, hidden=None) -> list[Case]:
+    """The cases per dtype; ``rows`` (values of N), ``vocab`` and ``hidden`` (d) replace the defaults."""
     if device == "cuda":  # Llama-3-8B head
         d, v, dtypes, sizes = 4096, 128256, dtypes or ["bfloat16"], [4096] if quick else [4096, 8192, 16384, 32768]
         grads, stacked, no_grad = ["hidden+weight"] if quick else ["hidden+weight", "hidden"], ["hidden+weight"], 8192
@@ -90,7 +94,7 @@ def cases_for(device: str, quick: bool, dtypes=None, rows=None, vocab=None) -> l
         no_grad, stacked_n = 4096, 4 * 1024
     if rows:
         sizes, no_grad, stacked_n = rows, max(rows), max(4, 4 * (max(rows) // 4))
-    v = vocab or v
+    v, d = vocab or v, hidden or d
     out = []
     for dtype in dtypes:
         out += [Case(n, d, v, 1, dtype, g) for n in sizes for g in grads]
@@ -131,9 +135,16 @@ def _cce():
     return lambda h, w, t: linear_cross_entropy(h.reshape(-1, h.shape[-1]), w, t.reshape(-1), reduction="sum")
 
 
+def _torch_chunked(h, w, t):
+    return linear_logprobs(h, w, t, options=LinearLogprobsOptions(backend="torch"))
+
+
 def methods_for(device: str) -> dict[str, Callable]:
-    out = {"naive": _naive, "ours": _ours(device), "torch_lce": _torch_lce}
+    out = {"naive": _naive, "ours": _ours(device)}
+    if hasattr(torch.nn.functional, "linear_cross_entropy"):  # PyTorch >= 2.13
+        out["torch_lce"] = _torch_lce
     if device == "cuda":
+        out = {"gemm": bare_gemm, **out, "torch_chunked": _torch_chunked}
         for name, make in (("liger", _liger), ("cce", _cce)):
             try:
                 out[name] = make()
@@ -279,6 +290,8 @@ def run_case(case: Case, methods: dict, device: str, repeats: int, with_memory: 
         peak = measure_memory(name, case, device) if (with_memory and name not in failed) else None
         med_fb = statistics.median(fwd_bwd[name]) if fwd_bwd[name] else None
         matmuls = (8 if GRADS[case.grads][1] else 4) if has_grad else 2
+        if name == "gemm":  # the bare GEMM does 3 (both grads), 2 (hidden only) or 1 matmul(s), no recompute
+            matmuls = (3 if GRADS[case.grads][1] else 2) if has_grad else 1
         flops = matmuls * case.n * case.vocab * case.d
         rows.append(
             dict(
@@ -313,6 +326,7 @@ def main(argv=None):
                         "on CPU, bfloat16 on CUDA)")
     parser.add_argument("--rows", default=None, help="comma-separated row counts N replacing the default sizes")
     parser.add_argument("--vocab", type=int, default=None, help="vocabulary size replacing the default")
+    parser.add_argument("--hidden", type=int, default=None, help="hidden size d replacing the default")
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for the CSV and plot")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (default 3)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -353,7 +367,8 @@ def main(argv=None):
     rows = []
     load_start = loadavg()
     split = lambda text, kind=str: [kind(x) for x in text.split(",")] if text else None
-    for case in cases_for(args.device, args.quick, split(args.dtypes), split(args.rows, int), args.vocab):
+    for case in cases_for(args.device, args.quick, split(args.dtypes), split(args.rows, int), args.vocab,
+                           args.hidden):
         print(f"[bench] case {case}", flush=True)
         for row in run_case(case, methods, args.device, args.repeats, not args.no_memory, args.wait_idle):
             tflops = None
