@@ -68,6 +68,20 @@ def command_parser(command: str, description: str, config_help: str, parser_clas
     return parser
 
 
+def parse_command(parser, argv, command: str) -> dict:
+    """Parse ``argv`` (None: ``sys.argv[1:]``) with a :func:`command_parser` parser and instantiate its classes;
+    the options as keyword arguments (``--config`` left out). A bad option is a :func:`config_error`."""
+    import argparse
+    import sys
+
+    try:
+        config = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+        init = parser.instantiate_classes(config)
+    except argparse.ArgumentError as err:
+        raise config_error(err, command) from None
+    return {k: v for k, v in vars(init).items() if k != "config"}
+
+
 def add_progress_flag(parser) -> None:
     """``--progress`` (default) / ``--no_progress``: show or hide progress bars."""
     from jsonargparse import ActionYesNo

@@ -28,7 +28,6 @@ Older spellings still read: ``--judge rule`` (``--judge.name rule``) and ``none`
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import json
@@ -37,7 +36,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from lit_idpo.errors import ConfigError, VerifierError, add_progress_flag, command_parser, config_error
+from lit_idpo.errors import ConfigError, VerifierError, add_progress_flag, command_parser, parse_command
 from lit_idpo.evaluation._util import info
 from lit_idpo.evaluation.audit import reading_disagreements, truncation_check
 from lit_idpo.evaluation.generation import generate_responses
@@ -282,16 +281,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     Raises :class:`~lit_idpo.errors.ConfigError` for a bad option (``lit-idpo`` prints it as one line).
     """
-    import sys
-
-    parser = build_parser()
-    try:
-        config = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-        init = parser.instantiate_classes(config)
-    except argparse.ArgumentError as err:
-        raise config_error(err, "evaluate") from None
-    options = {k: v for k, v in vars(init).items() if k != "config"}
-    return run(**options)
+    return run(**parse_command(build_parser(), argv, "evaluate"))
 
 
 if __name__ == "__main__":

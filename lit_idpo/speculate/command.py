@@ -37,17 +37,15 @@ tokens it carries (batch-1 decoding bound by reading the weights, as on a GPU). 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from lit_idpo.errors import ConfigError, add_progress_flag, command_parser, config_error, info
+from lit_idpo.errors import ConfigError, add_progress_flag, command_parser, info, parse_command
 from lit_idpo.evaluation.options import DTYPES, DataOptions
 from lit_idpo.layers import select_layers
 from lit_idpo.speculate.decoding import DraftCounter, DraftSettings, DraftStats, SharedCacheDecoder, TransformersDecoder
@@ -395,13 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     Raises :class:`~lit_idpo.errors.ConfigError` for a bad option (``lit-idpo`` prints it as one line).
     """
-    parser = build_parser()
-    try:
-        config = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
-        init = parser.instantiate_classes(config)
-    except argparse.ArgumentError as err:
-        raise config_error(err, "speculate") from None
-    return run(**{k: v for k, v in vars(init).items() if k != "config"})
+    return run(**parse_command(build_parser(), argv, "speculate"))
 
 
 if __name__ == "__main__":
