@@ -202,7 +202,7 @@ def run_lit(args) -> Dict:
             record.step_end()
             losses.append(float(outputs["loss"] if isinstance(outputs, dict) else outputs))
 
-    trainer = pl.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps_of(args), logger=False,
+    trainer = pl.Trainer(accelerator="cpu", devices=1, precision=args.precision, max_steps=steps_of(args), logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Timer()],
                          default_root_dir=out_dir)
@@ -253,7 +253,7 @@ def _run_config(args, dataset: str, config: Dict, env: Dict) -> Dict:
     cmd = [sys.executable, __file__, "--one", "--dataset", dataset, "--system", config["system"],
            "--packing", config["packing"], "--k", str(config["k"]), "--model", args.model,
            "--repeats", str(args.repeats), "--batch-pairs", str(args.batch_pairs), "--lr", str(args.lr),
-           "--beta", str(args.beta), "--seed", str(args.seed)]
+           "--beta", str(args.beta), "--seed", str(args.seed), "--precision", args.precision]
     load_before = loadavg()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -282,6 +282,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--lr", type=float, default=1e-6)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0, help="data order and long-tailed set seed")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                        help="every row's precision: fp32 weights, and with bf16-mixed bf16 autocast (lit-idpo: "
+                             "trainer.precision; TRL: bf16=True)")
     parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/train_step_packing_cpu.csv)")
     parser.add_argument("--markdown-out", default=None, help="also write the markdown tables here")
     # internal: one configuration in this process
@@ -307,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", TOKENIZERS_PARALLELISM="false")
     common = dict(device=f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores",
-                  model=args.model, dtype="float32", batch_pairs=args.batch_pairs, **_versions())
+                  model=args.model, dtype="float32", precision=args.precision, batch_pairs=args.batch_pairs, **_versions())
     rows = []
     for dataset in args.datasets.split(","):
         for config in _configs(args):

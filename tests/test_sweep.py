@@ -31,6 +31,10 @@ BASE = {"base_config": str(ROOT / "configs" / "tiny.yaml"), "output_dir": "out",
     ({"setings": []}, r"sweep config .*s\.yaml: .*'setings' is not accepted"),
     ({"settings": [{"layers": []}]}, r"settings\[0\].layers=\[\].*non-empty"),
     ({"settings": [{"layers": [1], "gamma": 1.0}]}, r"gamma=1.0.*'dpo' baseline"),
+    ({"settings": [{"layers": [], "name": "v", "overrides": {}}]}, r"a variant of it needs a name and overrides"),
+    ({"settings": [{"layers": [], "overrides": {"model.beta": 0.2}}]}, r"needs a name and overrides"),
+    ({"settings": [{"layers": [], "name": "v", "gamma": 0.5, "overrides": {"model.beta": 0.2}}]},
+     r"gamma=0.5 with no layers"),
     ({"settings": [{"layers": [1], "name": "dpo"}]}, "clash"),
     ({"settings": [{"layers": [1]}, {"layers": [1]}]}, "used twice"),
     ({"settings": [{"layers": [1], "overrides": {"model.gamma": 0.3}}]}, "sets 'model.gamma'"),
@@ -51,6 +55,19 @@ def test_grid_expands_and_names(tmp_path):
     assert [(s.name, s.layers, s.gamma, s.k) for s in spec.settings] == [
         ("L1", [1], None, 1), ("L2-g0.25", [2], 0.25, 1), ("L2-g0.5", [2], 0.5, 1),
         ("L1+3-g0.25", [1, 3], 0.25, 2), ("L1+3-g0.5", [1, 3], 0.5, 2)]
+
+
+def test_a_variant_of_plain_dpo_is_a_setting(tmp_path):
+    """layers [] with a name and overrides: plain DPO (gamma 1, no layers) with other fit options, e.g. bf16."""
+    spec = sw.load_spec(_write(tmp_path, {**BASE, "output_dir": str(tmp_path / "out"), "settings": [
+        {"layers": [], "name": "dpo-bf16", "overrides": {"trainer.precision": "bf16-mixed"}}]}))
+    assert [(s.name, s.layers, s.gamma, s.k) for s in spec.settings] == [("dpo-bf16", [], 1.0, 0)]
+    sweep = sw.Sweep(spec)
+    sweep.plan()
+    path = tmp_path / "out" / "runs" / "dpo-bf16" / "setting.yaml"
+    full = sw._parse_fit_config(sweep.common_configs + [str(path)])
+    assert (full.model.layers, full.model.gamma, full.trainer.precision) == ([], 1.0, "bf16-mixed")
+    assert sweep.config_hash(sweep.runs["dpo-bf16"]) != sweep.config_hash(sweep.runs["dpo"])
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=[os.path.basename(p) for p in SWEEPS])

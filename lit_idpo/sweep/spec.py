@@ -35,7 +35,8 @@ class SettingConfig:
 
     Args:
         layers: the intermediate layers (K = their number), e.g. ``[21]`` or ``[14, 21]``; 1..L, or negative
-            from the end. Plain DPO is the ``dpo`` baseline, not a setting.
+            from the end. Plain DPO is the ``dpo`` baseline; ``[]`` with a ``name`` and ``overrides`` is a variant
+            of it (e.g. another precision), judged against the same seed's ``dpo``.
         gamma: the weight of the final layer, in [0, 1); null: the fit config's ``model.gamma``.
         name: the run's name (its folder under ``runs/``); null: made from layers and gamma, e.g. ``L1+3-g0.25``.
         overrides: extra fit options for this run only, as dotted keys, e.g. ``{model.beta: 0.2}``.
@@ -200,11 +201,18 @@ def _setting_name(layers: Sequence[int], gamma: Optional[float]) -> str:
 
 def _check_setting(where: str, raw: SettingConfig) -> Setting:
     layers = raw.layers
-    if not layers:
-        raise ConfigError(f"{where}.layers={layers!r}; give a non-empty list of intermediate layer numbers, e.g. [21] "
-                          f"(plain DPO is the 'dpo' baseline)")
     gamma = raw.gamma
-    if gamma is not None and not 0.0 <= gamma < 1.0:
+    if not layers:
+        # A variant of plain DPO (another precision, beta, ...) is a setting too, judged against the 'dpo' baseline
+        # of the same seed; without overrides it would be that baseline again.
+        if not raw.overrides or not raw.name:
+            raise ConfigError(f"{where}.layers={layers!r}; give a non-empty list of intermediate layer numbers, e.g. "
+                              f"[21] (plain DPO is the 'dpo' baseline; a variant of it needs a name and overrides, "
+                              f"e.g. {{name: dpo-bf16, layers: [], overrides: {{trainer.precision: bf16-mixed}}}})")
+        if gamma not in (None, 1.0):
+            raise ConfigError(f"{where}.gamma={gamma!r} with no layers; plain DPO has gamma 1 (leave gamma out)")
+        gamma = 1.0
+    elif gamma is not None and not 0.0 <= gamma < 1.0:
         raise ConfigError(f"{where}.gamma={gamma!r}; it must be in [0, 1) (1 is plain DPO, the 'dpo' baseline)")
     for key in raw.overrides or {}:
         if key in SWEEP_OWNED:
