@@ -1,10 +1,11 @@
 """Re-score every published response set under both answer readings: the sensitivity table of issue 19.
 
 What: scores each response the studies published (``benchmarks/{seed_study, seed_study_l21, reproduction,
-reproduction_seed1}/responses/*.jsonl``) under both readings of the rule judge
+reproduction_seed1, confirmation}/responses/*.jsonl``) under both readings of the rule judge
 (:mod:`lit_idpo.evaluation.answer_reading`): ``asked_expression`` (truncated = stopped at ``max_new_tokens``)
-and ``last_equation`` (the one the studies used). Per study and arm: accuracy, win rate against the same seed's
-DPO and against SFT, accuracy minus DPO's, each with its 95 % interval and verdict; the same with the prompts
+and ``last_equation`` (the one the studies before issue 19 used; the confirmation used ``asked_expression``).
+Per study and arm: accuracy, win rate against the same seed's DPO and against SFT, accuracy minus DPO's,
+each with its 95 % interval and verdict; the same with the prompts
 where either model of the pair was cut left out; the truncated share, mean new tokens, reading disagreements.
 
 Why: the old reading misread run-on and cut answers, and DPO runs on more than layer 21 does (issue 19);
@@ -14,7 +15,7 @@ How: ``python benchmarks/rescore_published.py`` (seconds) writes ``benchmarks/re
 ``rescoring.json``. The statistics are the project's (:mod:`lit_idpo.evaluation.statistics`) as ``lit-idpo
 sweep`` applied them: per prompt the rule judge scores 1 / 1/2 / 0 (only A right / tie / only B right; both
 orders agree), so a win rate is 50 + (accuracy difference) / 2; Student-t over seeds with several seeds, t over
-prompts (Wilson for accuracy) for one run. The old reading must reproduce each study's ``sweep_results.json``
+prompts (Wilson for accuracy) for one run. The reading each study used must reproduce its ``sweep_results.json``
 and ``evaluation.json`` exactly; the report says whether it does.
 """
 
@@ -48,7 +49,8 @@ class Study:
     dirs: Tuple[str, ...]  # folders under benchmarks/ whose responses/ hold the runs (first match wins)
     arms: Tuple[str, ...]  # DPO first
     seeds: Tuple[Optional[int], ...]  # (None,): one training run per arm, files named <arm>.jsonl
-    published: str  # the folder whose sweep_results.json / evaluation.json the old reading must reproduce
+    published: str  # the folder whose sweep_results.json / evaluation.json its own reading must reproduce
+    reading: str = OLD  # the reading the study's published numbers used
 
 
 STUDIES = (
@@ -60,6 +62,8 @@ STUDIES = (
           (DPO, "L5", "L21", "L27", "L14+21", "L7+14+21"), (None,), "reproduction"),
     Study("reproduction_seed1", "Reproduction, data order 1, one run per arm (64 new tokens)", ("reproduction_seed1",),
           (DPO, "L21", "L27", "L14+21"), (None,), "reproduction_seed1"),
+    Study("confirmation", "Confirmation (pre-registered), layer 21 vs DPO, seeds 100-109 (128 new tokens)",
+          ("confirmation",), (DPO, "L21"), tuple(range(100, 110)), "confirmation", reading=NEW),
 )
 
 
@@ -163,11 +167,11 @@ def load_runs(study: Study, test_answers: Dict[str, int]) -> Dict[str, List[Dict
 
 def check_published(study: Study, runs: Dict[str, List[Dict[str, Any]]],
                     rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """Compare the old reading's numbers with the study's published ``sweep_results.json`` (means, intervals,
-    per-seed values, bootstraps) and the responses' truncation counts with its ``evaluation.json``."""
+    """Compare the numbers under the study's own reading with its published ``sweep_results.json`` (means,
+    intervals, per-seed values, bootstraps) and the responses' truncation counts with its ``evaluation.json``."""
     published = json.loads((BENCH / study.published / "sweep_results.json").read_text())
     evaluation = json.loads((BENCH / study.published / "evaluation.json").read_text())
-    ours = {r["arm"]: r["readings"][OLD] for r in rows}
+    ours = {r["arm"]: r["readings"][study.reading] for r in rows}
     pairs: List[Tuple[str, Any, Any]] = [("sft accuracy", ours[SFT]["accuracy"]["mean"],
                                           published["sft_score"]["mean"])]
     for prow in published["rows"]:
@@ -242,8 +246,8 @@ def study_markdown(study: Study, result: Dict[str, Any]) -> List[str]:
                       f"{', '.join(over)}: the rows with truncated pairs left out are the sensitivity analysis."]
     check = result["published_check"]
     status = "reproduced exactly" if not check["mismatches"] else f"{len(check['mismatches'])} MISMATCHES (see json)"
-    lines += ["", f"Old reading against the published numbers ({check['against']}): {check['checked']} values "
-                  f"compared, {status}.", ""]
+    lines += ["", f"`{study.reading}` (the reading the study published) against its published numbers "
+                  f"({check['against']}): {check['checked']} values compared, {status}.", ""]
     return lines
 
 
@@ -291,9 +295,10 @@ def render(results: Dict[str, Any], reader_sha: str) -> str:
              "changes.", ""]
     checks = [(r["title"], r["published_check"]) for r in results.values()]
     if all(not c["mismatches"] for _, c in checks):
-        lines += [f"**Check:** under `{OLD}` every published number is reproduced exactly (to 1e-9: means, intervals, "
-                  "per-seed values, bootstrap bounds, truncation counts and mean new tokens; "
-                  f"{sum(c['checked'] for _, c in checks)} values over the four studies).", ""]
+        lines += ["**Check:** under the reading each study used (`last_equation` for the four earlier studies, "
+                  f"`{NEW}` for the confirmation) every published number is reproduced exactly (to 1e-9: means, "
+                  "intervals, per-seed values, bootstrap bounds, truncation counts and mean new tokens; "
+                  f"{sum(c['checked'] for _, c in checks)} values over the {len(checks)} studies).", ""]
     else:
         lines += ["**Check FAILED** for: " + "; ".join(t for t, c in checks if c["mismatches"]), ""]
     lines += headline(results)
