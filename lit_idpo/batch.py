@@ -17,13 +17,14 @@ metadata travels through Lightning's device transfer:
 
 :func:`scoring_plan` gives every mode's plan (built from ``completion_mask`` for a padded batch), so the
 log-prob code has one path; build it once per batch and pass it on. :func:`resolve_packing` decides which
-mode a model can serve exactly. The layouts and their measured costs: ``docs/packing.md``.
+mode a model can serve exactly, and the module tells a :class:`PackingResolver` data module the models it will
+score with. The layouts and their measured costs: ``docs/packing.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Protocol, Sequence, Tuple, runtime_checkable
 
 import torch
 
@@ -138,6 +139,23 @@ def resolve_packing(requested: str, models: Sequence[Any]) -> Tuple[str, Optiona
     return "none", "; ".join(reasons) + "; using padded batches (data.packing=none)"
 
 
+@runtime_checkable
+class PackingResolver(Protocol):
+    """A data module whose batch layout waits for the model: the one way the model side tells the data side
+    which models will score its batches.
+
+    ``data.packing: auto`` can only be decided once the policy's and reference's attention implementations are
+    known, which is in the LightningModule's ``setup``; the module then calls ``resolve_packing([policy,
+    reference])`` on ``trainer.datamodule`` if it is a PackingResolver (``PreferenceDataModule`` is one). Any
+    other data module (a user's own LightningDataModule, or bare dataloaders) is used as it is: its padded
+    batches need nothing, and a packed batch it builds is checked by :func:`check_packable` when scored.
+    """
+
+    def resolve_packing(self, models: Sequence[Any]) -> str:
+        """Fix the batches' mode for ``models`` (policy, reference or None) and return it."""
+        ...
+
+
 def check_packable(model) -> None:
     """Raise a ConfigError naming ``data.packing`` when ``model`` cannot score packed batches exactly (for a
     packed batch built without :func:`resolve_packing`, e.g. by a data module used directly)."""
@@ -148,6 +166,7 @@ def check_packable(model) -> None:
                           f"Use data.packing=none or auto.")
 
 
-__all__ = ["MASK_ATTENTION", "PACKABLE_MODEL_TYPES", "PACKING_MODES", "Batch", "ScoringPlan", "attention_for",
+__all__ = ["MASK_ATTENTION", "PACKABLE_MODEL_TYPES", "PACKING_MODES", "Batch", "PackingResolver", "ScoringPlan",
+           "attention_for",
            "check_packable", "check_packing_mode", "is_packed", "resolve_packing", "scoring_plan",
            "sequence_token_counts", "unsupported_reason"]

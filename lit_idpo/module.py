@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from lit_idpo import export
-from lit_idpo.batch import ScoringPlan, check_packable, is_packed, scoring_plan
+from lit_idpo.batch import PackingResolver, ScoringPlan, check_packable, is_packed, scoring_plan
 from lit_idpo.errors import ConfigError
 from lit_idpo.layers import default_intermediate_layer, resolve_layers
 from lit_idpo.logprobs import batch_logprobs, call_as_forward, find_head_path
@@ -298,7 +298,7 @@ class IntermediateDPO(LightningModule):
             if cache.pending and not self.uses_lora and self.reference_network is None:
                 self.reference_network = self._load_reference_network()
         datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "resolve_packing"):
+        if isinstance(datamodule, PackingResolver):
             # Only here are both the data's packing option and the model's attention implementation known.
             datamodule.resolve_packing([self.policy, self.reference_network])
 

@@ -7,7 +7,7 @@ import torch
 from scale_common import LossRecorder, make_module_kwargs, make_trainer, one_thread  # noqa: F401 (fixture)
 
 import lit_idpo.module as module_lib
-from lit_idpo.batch import resolve_packing, scoring_plan, sequence_token_counts
+from lit_idpo.batch import PackingResolver, resolve_packing, scoring_plan, sequence_token_counts
 from lit_idpo.cli import main
 from lit_idpo.data import PreferenceCollator, PreferenceDataModule
 from lit_idpo.errors import ConfigError
@@ -187,6 +187,32 @@ def test_fit_resolves_auto_and_every_mode_trains_alike(tmp_path):
     assert auto_data.collator.packing == "prefix_shared"
     for step in padded:
         assert auto[step] == pytest.approx(padded[step], rel=1e-5)
+
+
+@pytest.mark.parametrize("packing", ["none", "prefix_shared"])
+def test_a_users_own_datamodule_trains_as_it_is(tmp_path, packing):
+    """The module tells the data the models only through the PackingResolver contract, which
+    PreferenceDataModule meets; a plain LightningDataModule is not one and trains on its own batches (a packed
+    one is checked by check_packable when scored)."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    pairs = PreferenceDataModule(tokenizer="tiny-llama", limit_train_pairs=4, val_split=None)
+    assert isinstance(pairs, PackingResolver)
+    pairs.setup("fit")
+    collate = PreferenceCollator(pairs.tokenizer.pad_token_id, packing=packing)
+
+    class OwnData(pl.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(pairs.train_pairs, batch_size=2, collate_fn=collate)
+
+    data = OwnData()
+    assert not isinstance(data, PackingResolver)
+    recorder = LossRecorder()
+    module = IntermediateDPO(**make_module_kwargs(hf_output_dir=str(tmp_path / "hf")))
+    make_trainer(2, [recorder]).fit(module, datamodule=data)
+    assert sorted(recorder.losses) == [1, 2] and all(torch.isfinite(torch.tensor(list(recorder.losses.values()))))
+    assert recorder.pair_index == {1: [0, 1], 2: [2, 3]}
 
 
 def test_reference_cache_built_in_one_mode_serves_another(tmp_path, monkeypatch):
