@@ -2,6 +2,8 @@
 tokens), each rank's share, and a run killed mid-epoch that resumes with ``ckpt_path`` on exactly the
 batches, and with the losses, of the uninterrupted run."""
 
+import json
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -10,8 +12,8 @@ from scale_common import Crash, make_module_kwargs, make_trainer, one_thread  # 
 from test_distributed import _launch
 
 from lit_idpo.data import PreferenceDataModule
-from lit_idpo.data.sampler import PairBatchSampler, ResumableDataLoader, token_bounded_batches
-from lit_idpo.errors import ConfigError
+from lit_idpo.data.sampler import PairBatchSampler, ResumableDataLoader, pair_token_counts, token_bounded_batches
+from lit_idpo.errors import ConfigError, DataError
 from lit_idpo.module import IntermediateDPO
 
 TOKENS = [5, 1, 9, 3, 3, 7, 2, 8, 4, 6, 12, 1, 1]  # pair 10 alone exceeds the budget below
@@ -118,9 +120,46 @@ def test_a_budget_smaller_than_a_pair_is_refused_naming_the_option_and_the_pair(
         data.train_pairs.prompt_ids, data.train_pairs.chosen_ids, data.train_pairs.rejected_ids)]
     longest = max(tokens)
     expected = (rf"data\.max_tokens_per_batch=3 is smaller than the longest training pair \({longest} tokens.*"
-                rf"pair_index {tokens.index(longest)}\).*at least {longest}")
+                rf"pair_index {tokens.index(longest)}\).*at least {longest}.*data\.on_over_budget=drop")
     with pytest.raises(ConfigError, match=expected):
         data.train_dataloader()
+
+
+def _pairs_file(path, count=8):
+    """``count`` pairs whose prompts grow by a word each (so their token counts differ)."""
+    rows = [{"prompt": "Count: " + " ".join(["one"] * (i + 1)), "chosen": str(i + 1), "rejected": str(i + 2)}
+            for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_over_budget_pairs_are_dropped_and_counted_only_when_asked(tmp_path):
+    path = _pairs_file(tmp_path / "pairs.jsonl")
+    options = dict(tokenizer="tiny-llama", source="json", data_files={"train": path, "test": path}, batch_size=2)
+    whole = PreferenceDataModule(**options)
+    whole.setup("fit")
+    tokens = pair_token_counts(whole.train_pairs)
+    budget = sorted(tokens)[len(tokens) // 2]
+    within = [i for i, n in enumerate(tokens) if n <= budget]
+    assert 0 < len(within) < len(tokens)
+    with pytest.raises(ConfigError, match=r"data\.on_over_budget=drop"):  # the default refuses
+        PreferenceDataModule(**options, max_tokens_per_batch=budget).train_dataloader()
+    with pytest.raises(ConfigError, match=r"data\.on_over_budget='skip' is not an option"):
+        PreferenceDataModule(**options, max_tokens_per_batch=budget, on_over_budget="skip")
+
+    data = PreferenceDataModule(**options, max_tokens_per_batch=budget, on_over_budget="drop")
+    batches = [b["pair_index"].tolist() for b in data.train_dataloader()]
+    assert data.train_pairs.row_index == within  # the rest were dropped, and pair_index counts the kept ones
+    assert data.stats["train"]["dropped"] == {"over_budget": len(tokens) - len(within)}
+    assert _flat(batches) == list(range(len(within)))
+    assert all(sum(tokens[within[i]] for i in batch) <= budget for batch in batches)
+    assert len(data.val_pairs) == len(tokens) and data.stats["val"]["dropped"] == {}  # validation keeps every pair
+
+    # A budget below every pair leaves nothing to train on: refused, saying why and what to raise.
+    empty = PreferenceDataModule(**options, max_tokens_per_batch=3, on_over_budget="drop")
+    with pytest.raises(DataError, match=rf"no usable pairs left .*over_budget={len(tokens)}.*"
+                                        r"raise data\.max_tokens_per_batch"):
+        empty.setup("fit")
 
 
 @pytest.mark.parametrize("saved,now,option", [

@@ -32,7 +32,9 @@ Tokenisation (one pair = one prompt and two completions):
 Truncation rule: if ``max_prompt_length`` is set, a longer prompt keeps its **last**
 ``max_prompt_length`` tokens (and its BOS, if it started with one); such pairs are counted as
 ``prompt_truncated``. Completions are never cut: a pair whose prompt plus its longer completion still
-exceeds ``max_length`` is dropped and counted under ``too_long``.
+exceeds ``max_length`` is dropped and counted under ``too_long``. With ``max_tokens_per_batch`` and
+``on_over_budget="drop"``, a training pair whose prompt + chosen + rejected tokens exceed the budget is dropped
+and counted under ``over_budget`` (by default such a budget is refused).
 
 Bad rows (missing field, wrong type, empty prompt or completion, identical completions, no shared
 prompt, prompt tokens not a prefix) raise a :class:`BadRowError` naming the row as the user counts it

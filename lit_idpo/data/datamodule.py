@@ -31,7 +31,8 @@ def _cached_tokenizer(source: str):
 
 def _check_options(options: Dict[str, Any]) -> None:
     """Raise a ConfigError naming ``data.<option>`` for a value PreferenceDataModule cannot use."""
-    for name, allowed in (("format", FORMATS), ("on_bad_row", ("error", "skip")), ("padding_side", ("right", "left"))):
+    for name, allowed in (("format", FORMATS), ("on_bad_row", ("error", "skip")), ("padding_side", ("right", "left")),
+                          ("on_over_budget", ("error", "drop"))):
         if options[name] not in allowed:
             raise ConfigError(f"data.{name}={options[name]!r} is not an option; choose one of {list(allowed)}")
     check_packing_mode(options["packing"])  # the one check of data.packing (lit_idpo.batch)
@@ -85,9 +86,14 @@ class PreferenceDataModule(pl.LightningDataModule):
             ``prompt_truncated``. Null: prompts are never cut.
         batch_size: Pairs per training batch (the batch holds twice as many sequences).
         max_tokens_per_batch: If set, training batches are bounded by tokens rather than pairs: pairs of similar
-            length are grouped until their prompt + chosen + rejected tokens would exceed this budget (a budget
-            smaller than the longest pair is refused), and the batches are served in a new order each epoch
+            length are grouped until their prompt + chosen + rejected tokens would exceed this budget (a pair over
+            the budget: see ``on_over_budget``), and the batches are served in a new order each epoch
             (:class:`~lit_idpo.data.sampler.PairBatchSampler`). Null: ``batch_size`` pairs per batch.
+        on_over_budget: What to do with a training pair whose prompt + chosen + rejected tokens exceed
+            ``max_tokens_per_batch`` (a batch holds whole pairs, so it could only be served over the budget):
+            ``error`` (default): refuse to train, naming the longest pair; ``drop``: drop such pairs when the
+            split is tokenised and count them (``over_budget``) in ``stats`` and the log line, as ``max_length``
+            drops are. Validation pairs are never dropped for it (validation batches are ``val_batch_size`` pairs).
         val_batch_size: Pairs per validation batch; null: same as ``batch_size``.
         num_workers: DataLoader worker processes (0: load in the main process).
         on_bad_row: ``error``: raise on the first unusable row, naming split, row index and field;
@@ -124,6 +130,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         seed: int = 0,
         packing: Literal["auto", "none", "padding_free", "prefix_shared"] = "auto",
         max_tokens_per_batch: Optional[int] = None,
+        on_over_budget: Literal["error", "drop"] = "error",
     ):
         super().__init__()
         _check_options(locals())  # every argument, by name
@@ -146,6 +153,7 @@ class PreferenceDataModule(pl.LightningDataModule):
         self.padding_side = padding_side
         self.seed = seed
         self.max_tokens_per_batch = max_tokens_per_batch
+        self.on_over_budget = on_over_budget
         self.packing = packing
         #: The mode batches use: ``packing`` once resolved against the model (see :meth:`resolve_packing`).
         self.packing_mode: Optional[str] = None if packing == "auto" else packing
@@ -177,14 +185,18 @@ class PreferenceDataModule(pl.LightningDataModule):
 
     def _build(self, role: str, split: str, limit: Optional[int]) -> PreferencePairs:
         rows = load_split(self.source, split, data_files=self.data_files, subset=self.subset)
+        # Only training batches have a token budget; dropping here (not in the sampler) keeps the counts, the
+        # limit and pair_index as for max_length drops.
+        drop_over = self.max_tokens_per_batch if role == "train" and self.on_over_budget == "drop" else None
         pairs, stats = tokenize_rows(rows, self.tokenizer, split=role, source_split=split, format=self.format,
                                      max_length=self.max_length, max_prompt_length=self.max_prompt_length,
-                                     on_bad_row=self.on_bad_row, limit=limit)
+                                     on_bad_row=self.on_bad_row, limit=limit, max_pair_tokens=drop_over)
         self.stats[role] = stats.as_dict()
         rank_zero_info(stats.line())
         if len(pairs) == 0:
+            budget = "raise data.max_tokens_per_batch, " if stats.dropped.get("over_budget") else ""
             raise DataError(f"{role} split {split!r} of {self.source!r} has no usable pairs left ({stats.line()}); "
-                            f"raise data.max_length, set data.max_prompt_length, or fix the rows")
+                            f"{budget}raise data.max_length, set data.max_prompt_length, or fix the rows")
         return pairs
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -208,8 +220,9 @@ class PreferenceDataModule(pl.LightningDataModule):
             raise ConfigError(
                 f"data.max_tokens_per_batch={self.max_tokens_per_batch} is smaller than the longest training pair "
                 f"({tokens[longest]} tokens: prompt + chosen + rejected, pair_index {longest}); a batch holds whole "
-                f"pairs. Raise it to at least {tokens[longest]}, or drop longer pairs with data.max_length (at most "
-                f"half the budget keeps every pair within it).")
+                f"pairs. Raise it to at least {tokens[longest]}, drop the pairs over it (counted) with "
+                f"data.on_over_budget=drop, or drop longer pairs with data.max_length (at most half the budget keeps "
+                f"every pair within it).")
         batch_sampler = PairBatchSampler(None, self.batch_size, num_pairs=len(pairs), seed=self.seed,
                                          pair_tokens=tokens, max_tokens=self.max_tokens_per_batch,
                                          num_replicas=trainer.world_size if trainer else 1,

@@ -160,11 +160,14 @@ def tokenize_rows(
     max_prompt_length: Optional[int] = None,
     on_bad_row: str = "error",
     limit: Optional[int] = None,
+    max_pair_tokens: Optional[int] = None,
 ) -> Tuple[PreferencePairs, SplitStats]:
     """Validate, template, tokenise and filter the rows of one split (see the module docstring).
 
     Returns the kept pairs (in row order, so a pair's index is stable across runs) and the counts.
-    With ``limit``, reading stops once ``limit`` pairs have been kept.
+    With ``limit``, reading stops once ``limit`` pairs have been kept. With ``max_pair_tokens`` (the token
+    budget of a training batch, ``data.on_over_budget=drop``), a pair whose prompt + chosen + rejected tokens
+    exceed it is dropped and counted (``over_budget``), as ``max_length`` drops are (``too_long``).
     """
     stats = SplitStats(split=split, source_split=source_split or split)
     try:
@@ -202,6 +205,9 @@ def tokenize_rows(
             stats.prompt_truncated += truncated
             if max_length is not None and len(prompt) + max(len(chosen), len(rejected)) > max_length:
                 dropped["too_long"] += 1
+                continue
+            if max_pair_tokens is not None and len(prompt) + len(chosen) + len(rejected) > max_pair_tokens:
+                dropped["over_budget"] += 1
                 continue
             prompts.append(prompt)
             chosens.append(chosen)
