@@ -136,24 +136,25 @@ def test_resumed_run_gives_the_same_losses_as_an_uninterrupted_one(tmp_path):
     whole, whole_module, crashed, resumed, resumed_module, saved_at = _resume_runs(tmp_path, 4, 4, crash_at=3, steps=5)
     assert saved_at == 2  # the crash hit before the step-3 checkpoint was written
     assert sorted(resumed.losses) == [3, 4, 5]
+    # Bit-equal, not merely close: the sampler gives the resumed epoch the uninterrupted run's batch (same
+    # pairs, same row order), weights and AdamW moments are restored exactly, and the CPU runs one thread.
     for step in (1, 2, 3):
-        assert crashed.losses[step] == pytest.approx(whole.losses[step], abs=1e-6)
+        assert crashed.losses[step] == whole.losses[step]
+    assert resumed.pair_index == {step: whole.pair_index[step] for step in (3, 4, 5)}
     for step in (3, 4, 5):
-        assert resumed.losses[step] == pytest.approx(whole.losses[step], abs=1e-5)
+        assert resumed.losses[step] == whole.losses[step]
     assert resumed.losses[3] != pytest.approx(whole.losses[1], abs=1e-3)  # it did continue, not restart
-    # Equal up to float noise (the resumed loader orders the batch's rows differently, which reorders sums;
-    # AdamW's normalised steps amplify that to ~1e-5). A lost optimiser state shows up as ~lr = 2e-2.
     for (name, a), b in zip(whole_module.policy.named_parameters(), resumed_module.policy.parameters()):
-        torch.testing.assert_close(b, a, rtol=0, atol=1e-4, msg=name)
+        assert torch.equal(b, a), name
 
 
 @pytest.mark.slow
 def test_resume_at_an_epoch_boundary_with_several_batches_per_epoch(tmp_path):
     whole, _, _, resumed, _, saved_at = _resume_runs(tmp_path, 6, 2, crash_at=4, steps=7)
     assert saved_at == 3  # end of epoch 0
-    assert resumed.pair_index[4] == whole.pair_index[4]
+    assert resumed.pair_index == {step: whole.pair_index[step] for step in (4, 5, 6, 7)}
     for step in (4, 5, 6, 7):
-        assert resumed.losses[step] == pytest.approx(whole.losses[step], abs=1e-6)
+        assert resumed.losses[step] == whole.losses[step]  # bit-equal, as above
 
 
 # ------------------------------------------------------------------------------------------ faults
