@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from typing import Dict
 
-from bench_packing import StepRecord, batch_order, data_module, pair_tokens, steps_of
+from step_rows import StepRecord, batch_order, data_module, pair_tokens, steps_of
 
 
 def run_trl(args) -> Dict:
@@ -62,7 +62,8 @@ def run_trl(args) -> Dict:
     config = trl.DPOConfig(
         output_dir=out_dir, per_device_train_batch_size=args.batch_pairs,
         max_steps=steps_of(args), learning_rate=args.lr, lr_scheduler_type="constant", weight_decay=0.0,
-        optim="adamw_torch", bf16=args.precision == "bf16-mixed", fp16=False, gradient_checkpointing=False, use_cpu=True, beta=args.beta,
+        optim="adamw_torch", bf16=args.precision == "bf16-mixed", fp16=False, gradient_checkpointing=False,
+        use_cpu=True, beta=args.beta,
         loss_type=["sigmoid"], max_length=None, precompute_ref_log_probs=False,
         padding_free=args.packing == "padding_free", train_sampling_strategy="sequential", report_to="none",
         logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_num_workers=0, seed=args.seed)
