@@ -37,13 +37,13 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List
 
 from lit_idpo.data.tasks import arithmetic_data as bundled
 from lit_idpo.data.tasks import arithmetic_onpolicy as onpolicy
-from lit_idpo.storage import JsonlCache, atomic_write_json, atomic_write_text
+from lit_idpo.data.tasks import sampling
+from lit_idpo.storage import atomic_write_json
 
 MODEL = "embedded:smollm2-135m-instruct"
 # 128 new tokens: far above an answer's length, so that at most 2 % of samples are cut (a cut sample is never
@@ -65,51 +65,12 @@ def prompt_rows(train_prompts: int) -> Dict[str, List[dict]]:
 
 def sample(rows_by_split: Dict[str, List[dict]], args) -> List[dict]:
     """Every prompt's sampled responses (resumable per batch), in split, prompt and sample order."""
-    import torch
-
-    from lit_idpo.evaluation.prompts import render_prompt_ids
-    from lit_idpo.models import load_model, load_tokenizer
-
-    torch.set_num_threads(args.threads)
-    cache = JsonlCache(args.work_dir / f"samples_seed{args.seed}_n{args.samples}_len{SAMPLING['max_new_tokens']}.jsonl")
-    done = cache.load()
-    tokenizer, model = None, None
-    out: List[dict] = []
-    start = time.time()
-    for split_index, (split, rows) in enumerate(rows_by_split.items()):
-        for b in range(0, len(rows), args.batch_prompts):
-            key = f"{split}:{b}"
-            if key not in done:
-                if model is None:
-                    tokenizer, model = load_tokenizer(MODEL), load_model(MODEL).eval()
-                batch = rows[b: b + args.batch_prompts]
-                prompts = [render_prompt_ids(tokenizer, row["prompt"]) for row in batch for _ in range(args.samples)]
-                width = max(map(len, prompts))
-                pad = tokenizer.pad_token_id
-                ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-                mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-                # One seed per batch (split and batch index): a resumed or partial run samples the same text.
-                torch.manual_seed(args.seed * 1_000_003 + split_index * 10_007 + b)
-                with torch.inference_mode():
-                    generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                               pad_token_id=pad, **SAMPLING)[:, width:]
-                records = []
-                for i, tokens in enumerate(generated.tolist()):
-                    row = batch[i // args.samples]
-                    eos = tokenizer.eos_token_id
-                    complete = eos in tokens
-                    kept = tokens[: tokens.index(eos) + 1] if complete else tokens
-                    response = tokenizer.decode(kept, skip_special_tokens=True).strip()
-                    records.append({"split": split, "prompt_id": row["id"], "sample": i % args.samples,
-                                    "response": response, "complete": complete, "tokens": len(kept),
-                                    **onpolicy.label(response, row["answer"], prompt=row["prompt"],
-                                                     complete=complete)})
-                cache.append([(key, {"records": records})])
-                done[key] = {"records": records}
-                print(f"{split}: {min(b + args.batch_prompts, len(rows))}/{len(rows)} prompts sampled, "
-                      f"{time.time() - start:.0f} s", flush=True)
-            out.extend(done[key]["records"])
-    return out
+    return sampling.sample_responses(
+        rows_by_split, model_source=MODEL, settings=SAMPLING, samples=args.samples, batch_prompts=args.batch_prompts,
+        seed=args.seed, threads=args.threads,
+        cache_path=args.work_dir / f"samples_seed{args.seed}_n{args.samples}_len{SAMPLING['max_new_tokens']}.jsonl",
+        labeller=lambda row, response, complete: onpolicy.label(response, row["answer"], prompt=row["prompt"],
+                                                                complete=complete))
 
 
 def relabel(samples: List[dict], rows_by_split: Dict[str, List[dict]]) -> List[dict]:
@@ -159,16 +120,9 @@ def main(argv=None) -> int:
             args.work_dir = Path(tempfile.mkdtemp(prefix="onpolicy_check_"))
         samples = sample(rows_by_split, args)
     texts = build(samples, rows_by_split, args.seed)
+    code = sampling.write_or_check(files, texts, args.check)
     if args.check:
-        ok = True
-        for name, path in files.items():
-            same = path.is_file() and path.read_text(encoding="utf-8") == texts[name]
-            print(f"{path}: {'up to date' if same else 'DIFFERS from a fresh build'}")
-            ok &= same
-        return 0 if ok else 1
-    for name, path in files.items():
-        atomic_write_text(path, texts[name])
-        print(f"wrote {path}")
+        return code
     stats = json.loads(texts["stats"])
     for split in rows_by_split:
         print(f"{split}: {stats[split]['summary']}")

@@ -151,12 +151,12 @@ def read_json_rows(path: Path) -> SourceRows:
 
 
 def _load_bundled(task: str, split: str) -> SourceRows:
-    from lit_idpo.data.tasks import arithmetic_data
+    from lit_idpo.data.tasks import BUNDLED_SOURCES, dataset_path
 
-    path = arithmetic_data.dataset_path(task, split)
+    path = dataset_path(task, split)
     if not path.is_file():
         raise DataError(f"{path} (bundled:{task} split {split!r}) is missing from the installation; reinstall "
-                        f"lit-idpo, or regenerate it with: python scripts/make_bundled_data.py")
+                        f"lit-idpo, or regenerate it with: python {BUNDLED_SOURCES[task]}")
     return read_json_rows(path)
 
 

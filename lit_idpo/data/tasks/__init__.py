@@ -17,13 +17,22 @@ when it has the answer field (``answer``, or what ``judge.answer_field`` names).
 to no bundled task: the rule judge (``judge.name: rule``) then needs the user's own verifier
 (``judge.verifier: package.module:function``, :mod:`lit_idpo.evaluation.verifiers`).
 
+The shipped data sources (``bundled:<name>``, :data:`BUNDLED_SOURCES`) are JSON-lines files in
+``lit_idpo/data/`` (:func:`dataset_path`, :func:`load_rows`): ``arithmetic`` and ``arithmetic_onpolicy`` (rows of
+the arithmetic task), ``instructions_onpolicy`` (rows of the instructions task, built by
+:mod:`.instructions_onpolicy` from the embedded model's samples, ``scripts/make_instructions_data.py``).
+
 Importing this package loads no torch; each task's module is imported when its verifier is asked for.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping, Optional
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from lit_idpo.errors import ConfigError
 
 #: Task name -> the module that defines its ``is_correct``.
 _MODULES = {"arithmetic": "lit_idpo.data.tasks.arithmetic", "instructions": "lit_idpo.data.tasks.instructions"}
@@ -62,3 +71,37 @@ def task_verifier(name: str) -> Verifier:
     if name not in _MODULES:
         raise ValueError(f"task {name!r} is unknown; the bundled tasks are {', '.join(TASKS)}")
     return importlib.import_module(_MODULES[name]).is_correct
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped data sources (bundled:<name>)
+# --------------------------------------------------------------------------------------------------
+
+#: Each shipped source (``data.source: bundled:<name>``) and the script that regenerates its files.
+BUNDLED_SOURCES: Dict[str, str] = {
+    "arithmetic": "scripts/make_bundled_data.py",
+    "arithmetic_onpolicy": "scripts/make_onpolicy_data.py",
+    "instructions_onpolicy": "scripts/make_instructions_data.py",
+}
+SPLITS = ("train", "test")
+DATA_DIR = Path(__file__).resolve().parents[1]  # lit_idpo/data/: the shipped .jsonl files (package data)
+
+
+def dataset_path(source: str, split: str) -> Path:
+    """Path of a bundled source's split (a JSON-lines file); a ConfigError naming the fix for an unknown one."""
+    if source not in BUNDLED_SOURCES:
+        raise ConfigError(f"data.source='bundled:{source}' is unknown; bundled sources are: "
+                          f"{', '.join('bundled:' + t for t in BUNDLED_SOURCES)}")
+    if split not in SPLITS:
+        raise ConfigError(f"bundled:{source} has no split {split!r}; its splits are {list(SPLITS)} (set "
+                          f"data.train_split / data.val_split, or evaluate's data.split, accordingly)")
+    return DATA_DIR / f"{source}_{split}.jsonl"
+
+
+def load_rows(source: str, split: str) -> List[dict]:
+    """The rows of a bundled source's split."""
+    path = dataset_path(source, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; regenerate it with: python {BUNDLED_SOURCES[source]}")
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -26,17 +26,16 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from lit_idpo.errors import ConfigError
+from lit_idpo.data.tasks import BUNDLED_SOURCES, DATA_DIR, SPLITS, dataset_path, load_rows  # noqa: F401 (re-exported)
 from lit_idpo.evaluation.answer_reading import is_correct_last_equation, last_equation_answer
 
-#: ``arithmetic``: templated pairs built here; ``arithmetic_onpolicy``: the model's own sampled responses on the
-#: same prompts, labelled by the answer checker (``scripts/make_onpolicy_data.py``; :mod:`.arithmetic_onpolicy`).
-TASKS = ("arithmetic", "arithmetic_onpolicy")
-SPLITS = ("train", "test")
-DATA_DIR = Path(__file__).resolve().parents[1]  # lit_idpo/data/: the shipped .jsonl files (package data)
+#: The shipped sources (the registry is :data:`lit_idpo.data.tasks.BUNDLED_SOURCES`): ``arithmetic``: templated
+#: pairs built here; ``arithmetic_onpolicy``: the model's own sampled responses on the same prompts, labelled by
+#: the answer checker (``scripts/make_onpolicy_data.py``; :mod:`.arithmetic_onpolicy`); ``instructions_onpolicy``:
+#: the instruction-following task's (:mod:`.instructions_onpolicy`).
+TASKS = tuple(BUNDLED_SOURCES)
 SEED = 0
 N_TRAIN = 2000
 N_TEST = 200
@@ -204,26 +203,6 @@ def make_rows(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST) ->
 def dumps_jsonl(rows: List[dict]) -> str:
     """The exact text of a JSON-lines file of ``rows`` (stable: key order kept, ASCII, ``\\n`` endings)."""
     return "".join(json.dumps(row, ensure_ascii=True) + "\n" for row in rows)
-
-
-def dataset_path(task: str, split: str) -> Path:
-    """Path of a bundled split's JSON-lines file."""
-    if task not in TASKS:
-        raise ConfigError(f"data.source='bundled:{task}' is unknown; bundled tasks are: "
-                          f"{', '.join('bundled:' + t for t in TASKS)}")
-    if split not in SPLITS:
-        raise ConfigError(f"bundled:{task} has no split {split!r}; its splits are {list(SPLITS)} (set "
-                          f"data.train_split / data.val_split, or evaluate's data.split, accordingly)")
-    return DATA_DIR / f"{task}_{split}.jsonl"
-
-
-def load_rows(task: str, split: str) -> List[dict]:
-    """The rows of a bundled split."""
-    path = dataset_path(task, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; regenerate it with: python scripts/make_bundled_data.py")
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ rejected side should teach it to avoid.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
+from lit_idpo.data.tasks.sampling import describe_outcomes, pick_pair, samples_by_prompt
 from lit_idpo.evaluation.answer_reading import read_answer
 
 TASK = "arithmetic_onpolicy"
@@ -49,10 +49,6 @@ def label(response: str, answer: int, *, prompt: str, complete: bool) -> Dict[st
     return {"stated": stated, "correct": bool(complete) and reading.correct(answer)}
 
 
-def _pick(rng: random.Random, samples: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    return samples[rng.randrange(len(samples))]
-
-
 def pair_for_prompt(row: Mapping[str, Any], samples: Sequence[Mapping[str, Any]], seed: int) -> Tuple[Any, str]:
     """One (right, wrong) pair from a prompt's samples, or ``(None, reason)``.
 
@@ -61,17 +57,10 @@ def pair_for_prompt(row: Mapping[str, Any], samples: Sequence[Mapping[str, Any]]
     wrong ones (in sample order), with a generator seeded by ``seed`` and the prompt's id (so the pick depends
     neither on the order of ``samples`` nor on which other prompts are present).
     """
-    complete = sorted((s for s in samples if s["complete"]), key=lambda s: s["sample"])
-    if len(complete) < 2:
-        return None, "too_few_complete"
-    right = [s for s in complete if s["correct"]]
-    wrong = [s for s in complete if not s["correct"]]
-    if not right:
-        return None, "no_right"
-    if not wrong:
-        return None, "no_wrong"
-    rng = random.Random(f"{seed}:{row['id']}")
-    chosen, rejected = _pick(rng, right), _pick(rng, wrong)
+    picked, outcome = pick_pair(row["id"], samples, seed, "correct")
+    if picked is None:
+        return None, {"no_good": "no_right", "no_bad": "no_wrong"}.get(outcome, outcome)
+    chosen, rejected, right, wrong = picked
     return {
         "prompt": row["prompt"],
         "chosen": chosen["response"],
@@ -95,13 +84,7 @@ def build_pairs(split: str, rows: Sequence[Mapping[str, Any]], samples: Iterable
     never a silent drop. The statistics count prompts, samples, complete and right samples, pairs, and
     prompts without a pair by reason and by category.
     """
-    by_prompt: Dict[str, List[Mapping[str, Any]]] = {}
-    for record in samples:
-        by_prompt.setdefault(record["prompt_id"], []).append(record)
-    missing = [row["id"] for row in rows if row["id"] not in by_prompt]
-    if missing:
-        raise ValueError(f"{len(missing)} {split} prompts have no samples (first: {missing[0]}); rerun "
-                         f"scripts/make_onpolicy_data.py to finish sampling")
+    by_prompt = samples_by_prompt(split, rows, samples, "scripts/make_onpolicy_data.py")
     pairs, reasons = [], Counter()
     by_category: Dict[str, Counter] = {}
     for row in rows:
@@ -125,12 +108,6 @@ def build_pairs(split: str, rows: Sequence[Mapping[str, Any]], samples: Iterable
 
 def describe(stats: Mapping[str, Any]) -> str:
     """One paragraph in words: how many prompts gave a pair and why the others did not."""
-    n = stats["prompts"]
-    parts = [f"{stats['pairs']} of {n} prompts ({stats['pairs'] / n:.0%}) gave a pair"]
-    for reason, text in REASONS.items():
-        count = stats["no_pair"][reason]
-        if count:
-            parts.append(f"{count} gave none because {text}")
-    samples = stats["samples"]
-    return (f"{'; '.join(parts)}. Of {samples} sampled responses, {stats['complete_samples']} were complete "
-            f"and {stats['right_samples']} of those stated the right answer.")
+    return (f"{describe_outcomes(stats, REASONS)}. Of {stats['samples']} sampled responses, "
+            f"{stats['complete_samples']} were complete and {stats['right_samples']} of those stated the right "
+            f"answer.")
