@@ -122,12 +122,13 @@ def _machine() -> str:
 def sample(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]], args, *, max_new_tokens: int,
            cache_name: str) -> List[dict]:
     """Every prompt's sampled responses, labelled by the task's verifier (resumable per batch in ``--work-dir``,
-    :func:`~lit_idpo.data.tasks.sampling.sample_responses`); sets ``args.sampling_seconds``."""
+    :func:`~lit_idpo.data.tasks.sampling.sample_responses`; the held-out split first, so that an interrupted
+    run has it whole); sets ``args.sampling_seconds``."""
     cache_path = args.work_dir / cache_name
     records = sampling.sample_responses(
         rows_by_split, model_source=MODEL, settings={**SAMPLING, "max_new_tokens": max_new_tokens},
         samples=args.samples, batch_prompts=args.batch_prompts, seed=args.seed, threads=args.threads,
-        cache_path=cache_path, labeller=_label)
+        cache_path=cache_path, labeller=_label, first=("test",))
     args.sampling_seconds = sampling.sampling_seconds(cache_path, rows_by_split, args.batch_prompts)
     return records
 
@@ -319,7 +320,7 @@ def run_measure(args) -> int:
         by_id = {row["id"]: row for row in rows}
         records = sample({"measure": rows}, args, max_new_tokens=MEASURE_TOKENS,
                          cache_name=f"measure_seed{args.seed}_n{args.samples}_b{args.batch_prompts}_"
-                                    f"len{MEASURE_TOKENS}_{_digest(rows)}.jsonl")
+                                    f"len{MEASURE_TOKENS}_{_digest([r['prompt'] for r in rows])}.jsonl")
         samples = [{**s, "row": by_id[s["prompt_id"]]} for s in records]
     m = measurement(samples, args)
     texts = {"json": json.dumps(m, indent=2) + "\n", "samples": dumps_jsonl(samples),
@@ -327,9 +328,9 @@ def run_measure(args) -> int:
     return sampling.write_or_check(files, texts, args.check)
 
 
-def _digest(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A short digest of the prompts sampled: the cache of another menu or size is another file."""
-    return hashlib.sha256(json.dumps([r["prompt"] for r in rows]).encode()).hexdigest()[:10]
+def _digest(value: Any) -> str:
+    """A short digest of what decides the prompts: the cache of another menu is another file."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:10]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,8 +379,8 @@ def build(samples: Sequence[Mapping[str, Any]], rows_by_split: Mapping[str, Sequ
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0, help="sampling and pairing seed (the shipped files use 0)")
-    parser.add_argument("--train-prompts", type=int, default=384, help="training prompts to sample for")
-    parser.add_argument("--test-prompts", type=int, default=120, help="held-out prompts to sample for")
+    parser.add_argument("--train-prompts", type=int, default=576, help="training prompts to sample for")
+    parser.add_argument("--test-prompts", type=int, default=176, help="held-out prompts to sample for")
     parser.add_argument("--samples", type=int, default=4, help="responses sampled per prompt")
     parser.add_argument("--batch-prompts", type=int, default=8, help="prompts per sampling batch (fixed: it decides "
                         "which samples share a seed)")
@@ -407,10 +408,12 @@ def main(argv=None) -> int:
     else:
         if args.check:  # sample afresh, never from the cache a previous run left
             args.work_dir = Path(tempfile.mkdtemp(prefix="instructions_check_"))
-        every = [row for rows in rows_by_split.values() for row in rows]
+        # The rows of a split are a prefix of a longer request for it (make_requests draws them in turn), so the
+        # cache is named by what decides them, not by their number: more prompts reuse the batches sampled.
+        decides = [instructions.REQUESTS, onpolicy.ONPOLICY_MENU, onpolicy.TWO_SHARE]
         samples = sample(rows_by_split, args, max_new_tokens=SAMPLING["max_new_tokens"],
                          cache_name=f"build_seed{args.seed}_n{args.samples}_b{args.batch_prompts}_"
-                                    f"len{SAMPLING['max_new_tokens']}_{_digest(every)}.jsonl")
+                                    f"len{SAMPLING['max_new_tokens']}_{_digest(decides)}.jsonl")
         wall_s = args.sampling_seconds
         if args.check:
             wall_s = json.loads(files["stats"].read_text(encoding="utf-8")).get("wall_s")

@@ -181,3 +181,47 @@ def test_the_registry_knows_the_source():
     with pytest.raises(ConfigError, match="bundled:instructions_onpolicy"):
         dataset_path("nope", "train")
 
+
+
+def test_rates_by_type_counts_each_constraint_over_the_rows_that_ask_it():
+    two = {**ROW, "constraints": [{"type": "no_commas"}, {"type": "include_word", "word": "rain"}]}
+    rates = instructions.rates_by_type([ROW, two, two], [GOOD, "Rain falls on the roof.", "Rain, rain and rain."],
+                                       truncated=[False, True, False])
+    # no_commas: satisfied by all three (the second is cut, so it does not pass); include_word: both have 'rain'
+    # (the third fails the gate: 'rain' is 3 of its 4 words).
+    assert rates == {
+        "include_word": {"responses": 2, "passed": 0, "satisfied": 2, "pass_rate": 0.0, "satisfied_rate": 1.0},
+        "no_commas": {"responses": 3, "passed": 1, "satisfied": 2, "pass_rate": 1 / 3, "satisfied_rate": 2 / 3}}
+    with pytest.raises(ValueError, match="2 rows, 1 responses"):
+        instructions.rates_by_type([ROW, ROW], [GOOD])
+
+
+def test_sampling_is_seeded_per_batch_resumable_and_the_same_in_any_order(tmp_path, monkeypatch):
+    """sample_responses on a tiny random model: the records are the same whatever split is sampled first, and a
+    finished cache is read back without loading the model; a cache of other prompts is refused."""
+    import torch
+
+    from lit_idpo import models
+    from lit_idpo.data.tasks import sampling
+
+    rows = {"train": [{**ROW, "id": f"t{i}", "prompt": f"Describe rain number {i}."} for i in range(3)],
+            "test": [{**ROW, "id": "h0"}]}
+    threads = torch.get_num_threads()
+    kwargs = dict(model_source="tiny-llama", settings={"max_new_tokens": 3, "temperature": 0.7, "top_k": 0},
+                  samples=2, batch_prompts=2, seed=0, threads=1, labeller=lambda row, response, complete: {"n": 1})
+    try:
+        first = sampling.sample_responses(rows, cache_path=tmp_path / "a.jsonl", **kwargs)
+        second = sampling.sample_responses(rows, cache_path=tmp_path / "b.jsonl", first=("test",), **kwargs)
+        assert first == second
+        assert [(r["split"], r["prompt_id"], r["sample"]) for r in first] == [
+            ("train", "t0", 0), ("train", "t0", 1), ("train", "t1", 0), ("train", "t1", 1), ("train", "t2", 0),
+            ("train", "t2", 1), ("test", "h0", 0), ("test", "h0", 1)]
+        assert all(r["tokens"] <= 3 and r["n"] == 1 for r in first)
+        monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the cache was not used"))
+        assert sampling.sample_responses(rows, cache_path=tmp_path / "a.jsonl", **kwargs) == first
+        assert sampling.sampling_seconds(tmp_path / "a.jsonl", rows, 2) >= 0.0  # each batch records its time
+        other = {**rows, "train": list(reversed(rows["train"]))}
+        with pytest.raises(SystemExit, match="batch train:0 holds other prompts"):
+            sampling.sample_responses(other, cache_path=tmp_path / "a.jsonl", **kwargs)
+    finally:
+        torch.set_num_threads(threads)

@@ -109,6 +109,31 @@ def is_correct(row: Mapping[str, Any], response: str, truncated: bool = False) -
     return verify(row, response, truncated).passed
 
 
+def rates_by_type(rows: Sequence[Mapping[str, Any]], responses: Sequence[str],
+                  truncated: Optional[Sequence[bool]] = None) -> Dict[str, Dict[str, Any]]:
+    """Per constraint type, over the responses to the rows that ask it: how many there are (``responses``),
+    how many pass the whole verifier (``passed``) and how many satisfy that constraint's own check, whatever
+    the rest says (``satisfied``), with both shares; types in alphabetical order.
+
+    For reports on evaluated responses (e.g. the pass rate per constraint type of each trained model);
+    ``truncated[i]``: whether response ``i`` was cut at the length limit (default: none was).
+    """
+    if len(rows) != len(responses) or (truncated is not None and len(truncated) != len(rows)):
+        raise ValueError(f"rates_by_type: {len(rows)} rows, {len(responses)} responses"
+                         + ("" if truncated is None else f", {len(truncated)} truncated flags") + "; give one each")
+    counts: Dict[str, Counter] = {}
+    for i, (row, response) in enumerate(zip(rows, responses)):
+        result = verify(row, response, bool(truncated[i]) if truncated is not None else False)
+        for name, ok in result.constraints:
+            count = counts.setdefault(name, Counter())
+            count["responses"] += 1
+            count["passed"] += result.passed
+            count["satisfied"] += ok
+    return {name: {"responses": c["responses"], "passed": c["passed"], "satisfied": c["satisfied"],
+                   "pass_rate": c["passed"] / c["responses"], "satisfied_rate": c["satisfied"] / c["responses"]}
+            for name, c in sorted(counts.items())}
+
+
 # --------------------------------------------------------------------------------------------------
 # Requests
 # --------------------------------------------------------------------------------------------------

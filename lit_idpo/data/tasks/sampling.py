@@ -21,7 +21,7 @@ Labeller = Callable[[Mapping[str, Any], str, bool], Dict[str, Any]]
 
 def sample_responses(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *, model_source: str,
                      settings: Mapping[str, Any], samples: int, batch_prompts: int, seed: int, threads: int,
-                     cache_path: Path, labeller: Labeller) -> List[dict]:
+                     cache_path: Path, labeller: Labeller, first: Sequence[str] = ()) -> List[dict]:
     """Every row's ``samples`` sampled responses, in split, row and sample order; cached per batch in ``cache_path``.
 
     A batch is ``batch_prompts`` rows (in order) times ``samples`` responses, rendered with the chat template as
@@ -30,7 +30,9 @@ def sample_responses(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *
     samples the same text. A response ends at the end-of-turn token (``complete``) or at the limit. Each record:
     ``split``, ``prompt_id`` (the row's id), ``sample``, ``response``, ``complete``, ``tokens`` (new tokens kept,
     the end-of-turn included) and ``labeller``'s fields. ``threads`` torch threads (fixed for determinism). A cache
-    whose batch holds other rows than asked is refused (SystemExit naming the file).
+    whose batch holds other rows than asked is refused (SystemExit naming the file). The splits named in
+    ``first`` are sampled before the others (an interrupted run then has them whole); the records and every
+    batch's seed are the same whatever the order.
     """
     import torch
 
@@ -43,7 +45,9 @@ def sample_responses(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *
     tokenizer, model = None, None
     out: List[dict] = []
     start = time.time()
-    for split_index, (split, rows) in enumerate(rows_by_split.items()):
+    positions = {split: index for index, split in enumerate(rows_by_split)}
+    for split in sorted(rows_by_split, key=lambda name: (name not in first, positions[name])):
+        rows, split_index = rows_by_split[split], positions[split]
         for b in range(0, len(rows), batch_prompts):
             key = f"{split}:{b}"
             batch = rows[b: b + batch_prompts]
@@ -80,7 +84,9 @@ def sample_responses(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *
                 done[key] = entry
                 print(f"{split}: {min(b + batch_prompts, len(rows))}/{len(rows)} prompts sampled, "
                       f"{time.time() - start:.0f} s", flush=True)
-            out.extend(done[key]["records"])
+    for split, rows in rows_by_split.items():
+        for b in range(0, len(rows), batch_prompts):
+            out.extend(done[f"{split}:{b}"]["records"])
     return out
 
 
