@@ -6,6 +6,7 @@ with the reference cache (keyed by the resolved precision)."""
 import importlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -61,6 +62,17 @@ def test_an_explicit_precision_always_wins(detection, native, precision):
     trainer = Trainer(precision=precision, **QUIET)
     assert trainer.precision == {32: "32-true"}.get(precision, precision)
     assert seen["devices"] == [] and seen["logged"] == []
+
+
+@pytest.mark.parametrize("precision, warned", [("bf16-true", True), ("bf16-mixed", False), ("32-true", False)])
+def test_16_bit_weights_are_warned_about(precision, warned):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert Trainer(precision=precision, **QUIET).precision == precision
+    messages = [str(w.message) for w in caught if "keeps the weights in 16 bits" in str(w.message)]
+    assert len(messages) == int(warned)
+    if warned:
+        assert "trainer.precision=bf16-true" in messages[0] and "bf16-mixed" in messages[0]
 
 
 def test_unset_is_lightnings_default_until_the_study_moves_it(detection, monkeypatch):
