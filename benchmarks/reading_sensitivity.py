@@ -16,22 +16,25 @@ interval over the ten seeds, as the pre-registration defines it (per prompt 1 / 
 stays the pre-registered one; these rows only show how much it depends on the reading.
 
 How: ``python benchmarks/reading_sensitivity.py`` (no model; seconds) writes
-``benchmarks/confirmation/READING_SENSITIVITY.md`` and ``reading_sensitivity.json``.
+``benchmarks/confirmation/READING_SENSITIVITY.md`` and ``reading_sensitivity.json``. Another seeded study with a
+``responses/`` folder: ``--folder benchmarks/bf16_equivalence --arm dpo-bf16 --seeds 100-104`` (the arm against
+the same seed's ``dpo``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 from lit_idpo.evaluation.answer_reading import is_correct_last_equation, parse_question, read_answer
 from lit_idpo.evaluation.statistics import compare_over_seeds, over_seeds
 
 FOLDER = Path(__file__).resolve().parent / "confirmation"
 SEEDS = tuple(range(100, 110))
-ARMS = ("dpo", "L21")
+BASELINE, ARM = "dpo", "L21"
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -56,51 +59,60 @@ READINGS = {
 }
 
 
-def score(folder: Path = FOLDER) -> Dict[str, Dict]:
-    """Per reading: per-arm accuracy over seeds, and L21's win rate and accuracy difference against DPO."""
-    runs = {arm: [[json.loads(line) for line in (folder / "responses" / f"{arm}_seed{s}.jsonl").open()]
-                  for s in SEEDS] for arm in ARMS}
+def score(folder: Path = FOLDER, arm: str = ARM, seeds: Sequence[int] = SEEDS) -> Dict[str, Dict]:
+    """Per reading: per-arm accuracy over seeds, and ``arm``'s win rate against the same seed's DPO."""
+    arms = (BASELINE, arm)
+    runs = {a: [[json.loads(line) for line in (folder / "responses" / f"{a}_seed{s}.jsonl").open()]
+                for s in seeds] for a in arms}
     out: Dict[str, Dict] = {}
     for rule, meaning in READINGS.items():
         judge = _reading(rule)
-        correct: Dict[str, List[List[float]]] = {arm: [] for arm in ARMS}
-        for arm in ARMS:
-            for rows in runs[arm]:
+        correct: Dict[str, List[List[float]]] = {a: [] for a in arms}
+        for a in arms:
+            for rows in runs[a]:
                 marks = []
                 for row in rows:
-                    a, op, b = parse_question(row["prompt"])
-                    marks.append(float(judge(row, OPS[op](a, b))))
-                correct[arm].append(marks)
-        wins = [[0.5 + (x - y) / 2 for x, y in zip(l21, dpo)] for l21, dpo in zip(correct["L21"], correct["dpo"])]
-        out[rule] = {"meaning": meaning,
-                     "accuracy": {arm: over_seeds([statistics.fmean(m) for m in correct[arm]]) for arm in ARMS},
-                     "L21_vs_dpo": compare_over_seeds(wins, null=0.5, versus="DPO", bounds=(0.0, 1.0))}
+                    x, op, y = parse_question(row["prompt"])
+                    marks.append(float(judge(row, OPS[op](x, y))))
+                correct[a].append(marks)
+        wins = [[0.5 + (x - y) / 2 for x, y in zip(mine, dpo)] for mine, dpo in zip(correct[arm], correct[BASELINE])]
+        out[rule] = {"meaning": meaning, "arm": arm, "seeds": list(seeds),
+                     "accuracy": {a: over_seeds([statistics.fmean(m) for m in correct[a]]) for a in arms},
+                     "vs_dpo": compare_over_seeds(wins, null=0.5, versus="DPO", bounds=(0.0, 1.0))}
     return out
 
 
-def render(results: Dict[str, Dict]) -> str:
-    def pct(c: Dict, signed: bool = False) -> str:
-        f = (lambda x: f"{100 * x:+.1f}") if signed else (lambda x: f"{100 * x:.1f}")
-        return f"{f(c['mean'])} [{f(c['ci_low'])}, {f(c['ci_high'])}]"
+def render(results: Dict[str, Dict], title: str) -> str:
+    def pct(c: Dict) -> str:
+        return f"{100 * c['mean']:.1f} [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]"
 
-    lines = ["# Confirmation: the primary comparison under alternative answer readings", "",
+    first = next(iter(results.values()))
+    arm, seeds = first["arm"], first["seeds"]
+    lines = [f"# {title}: the comparison under alternative answer readings", "",
              "Written by `python benchmarks/reading_sensitivity.py` from the published responses (no model). The "
-             "primary result is the pre-registered reading's (first row); the others show how much it depends on "
-             "the reading. Intervals: 95 %, Student-t over the ten seeds.", "",
-             "| reading | what counts as right | DPO accuracy (%) | L21 accuracy (%) | L21 win rate vs DPO (%) | "
+             "first row is the reading the study used; the others show how much its result depends on the reading. "
+             f"Intervals: 95 %, Student-t over the {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}).", "",
+             f"| reading | what counts as right | DPO accuracy (%) | {arm} accuracy (%) | {arm} win rate vs DPO (%) | "
              "verdict |", "|---|---|---|---|---|---|"]
     for rule, r in results.items():
-        c = r["L21_vs_dpo"]
-        lines.append(f"| `{rule}` | {r['meaning']} | {pct(r['accuracy']['dpo'])} | {pct(r['accuracy']['L21'])} | "
+        c = r["vs_dpo"]
+        lines.append(f"| `{rule}` | {r['meaning']} | {pct(r['accuracy'][BASELINE])} | {pct(r['accuracy'][arm])} | "
                      f"{pct(c)} | {c['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    results = score()
-    (FOLDER / "reading_sensitivity.json").write_text(json.dumps(results, indent=1) + "\n")
-    (FOLDER / "READING_SENSITIVITY.md").write_text(render(results))
-    print(render(results))
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=FOLDER, help="a study folder with responses/<arm>_seed<k>.jsonl")
+    parser.add_argument("--arm", default=ARM, help="the arm compared with the same seed's dpo")
+    parser.add_argument("--seeds", default=f"{SEEDS[0]}-{SEEDS[-1]}", help="first-last, inclusive")
+    parser.add_argument("--title", default="Confirmation")
+    args = parser.parse_args(argv)
+    first, last = map(int, args.seeds.split("-"))
+    results = score(args.folder, args.arm, range(first, last + 1))
+    (args.folder / "reading_sensitivity.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.folder / "READING_SENSITIVITY.md").write_text(render(results, args.title))
+    print(render(results, args.title))
 
 
 if __name__ == "__main__":

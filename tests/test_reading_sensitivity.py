@@ -52,7 +52,7 @@ def test_each_reading_on_hand_read_responses(sensitivity, response, stopped, que
 def test_the_preregistered_reading_reproduces_the_published_confirmation(sensitivity):
     published = json.loads((ROOT / "benchmarks" / "confirmation" / "sweep_results.json").read_text())
     l21 = next(r for r in published["rows"] if r["name"] == "L21")["vs_dpo"]
-    ours = sensitivity.score()["asked_expression"]["L21_vs_dpo"]
+    ours = sensitivity.score()["asked_expression"]["vs_dpo"]
     assert ours["per_seed"] == pytest.approx(l21["per_seed"], abs=1e-12)
     assert (ours["mean"], ours["ci_low"], ours["ci_high"]) == pytest.approx(
         (l21["mean"], l21["ci_low"], l21["ci_high"]), abs=1e-12)

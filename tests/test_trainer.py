@@ -75,10 +75,10 @@ def test_16_bit_weights_are_warned_about(precision, warned):
         assert "trainer.precision=bf16-true" in messages[0] and "bf16-mixed" in messages[0]
 
 
-def test_unset_is_lightnings_default_until_the_study_moves_it(detection, monkeypatch):
+def test_unset_is_lightnings_default_and_one_switch_moves_it(detection, monkeypatch):
     seen = detection(True)
     assert Trainer(**QUIET).precision == "32-true" and seen["devices"] == []
-    monkeypatch.setattr(trainer_lib, "DEFAULT_PRECISION", "auto")  # the one switch, once the study holds
+    monkeypatch.setattr(trainer_lib, "DEFAULT_PRECISION", "auto")  # the one switch, should a study ever move it
     assert Trainer(**QUIET).precision == "bf16-mixed" and seen["devices"] == ["cpu"]
 
 
