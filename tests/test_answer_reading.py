@@ -263,22 +263,40 @@ def test_published_responses(prompt, answer, response, truncated, right):
     assert is_correct(response, answer, prompt=prompt, truncated=truncated) is right
 
 
-def _published():
-    for path in sorted((ROOT / "benchmarks").glob("*/responses/*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            yield json.loads(line)
+def _published(reading: str):
+    """Every published response of the studies whose judge used ``reading`` (their evaluation.json says which;
+    the studies before issue 19 name none: the old reading)."""
+    for path in sorted((ROOT / "benchmarks").glob("*/responses")):
+        judge = json.loads((path.parent / "evaluation.json").read_text())["judge"]
+        if judge.get("extraction", "last_equation") != reading:
+            continue
+        for jsonl in sorted(path.glob("*.jsonl")):
+            for line in jsonl.read_text(encoding="utf-8").splitlines():
+                yield json.loads(line)
 
 
 def test_the_old_reading_is_unchanged_on_every_published_response():
-    """The published tables were scored by the old reading: it still gives each response its published score."""
+    """The tables before issue 19 were scored by the old reading: it still gives each response its published score."""
     answers = {row["prompt"]: row["answer"] for row in bundled.load_rows("arithmetic", "test")}
     seen = 0
-    for record in _published():
+    for record in _published("last_equation"):
         old = is_correct_last_equation(record["response"], answers[record["prompt"]])
         assert old == (record["score"] == 1.0), record
         assert bundled.is_correct(record["response"], answers[record["prompt"]]) == old
         seen += 1
     assert seen >= 5000
+
+
+def test_the_new_reading_gives_every_later_published_response_its_score():
+    """The confirmation and the bf16 check were scored by the asked-expression reading, truncation included."""
+    answers = {row["prompt"]: row["answer"] for row in bundled.load_rows("arithmetic", "test")}
+    seen = 0
+    for record in _published("asked_expression"):
+        right = is_correct(record["response"], answers[record["prompt"]], prompt=record["prompt"],
+                           truncated=record["stopped"] == "length")
+        assert right == (record["score"] == 1.0), record
+        seen += 1
+    assert seen >= 4000
 
 
 def test_score_response_selects_the_reading():
