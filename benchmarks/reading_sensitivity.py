@@ -5,7 +5,7 @@ result for the asked expression and **every** one is the true answer, so a respo
 result and then contradicts it (``9 - 1 = 8. ... 9 - 1 = 9``) is wrong. That clause was a choice, and it bears
 harder on the arm that runs on (DPO: 28.5 new tokens on average against 12.5 for layer 21). This script scores
 the confirmation's published responses (``benchmarks/confirmation/responses/``) under that reading and two
-more lenient ones, from the same parse (:func:`lit_idpo.evaluation.answer_reading.read_answer`):
+more lenient ones, from the same parse (:func:`lit_idpo.data.tasks.arithmetic_reading.read_answer`):
 
 - ``first_result``: right when the **first** result the response states for the asked expression is right;
 - ``any_result``: right when **any** stated result is right (the most lenient; rewards hedging);
@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from lit_idpo.evaluation.answer_reading import is_correct_last_equation, parse_question, read_answer
+from lit_idpo.data.tasks.arithmetic_reading import is_correct_last_equation, parse_question, read_answer
 from lit_idpo.evaluation.statistics import compare_over_seeds, over_seeds
 
 FOLDER = Path(__file__).resolve().parent / "confirmation"

@@ -2,7 +2,7 @@
 
 What: scores each response the studies published (``benchmarks/{seed_study, seed_study_l21, reproduction,
 reproduction_seed1, confirmation}/responses/*.jsonl``) under both readings of the rule judge
-(:mod:`lit_idpo.evaluation.answer_reading`): ``asked_expression`` (truncated = stopped at ``max_new_tokens``)
+(:mod:`lit_idpo.data.tasks.arithmetic_reading`): ``asked_expression`` (truncated = stopped at ``max_new_tokens``)
 and ``last_equation`` (the one the studies before issue 19 used; the confirmation used ``asked_expression``).
 Per study and arm: accuracy, win rate against the same seed's DPO and against SFT, accuracy minus DPO's,
 each with its 95 % interval and verdict; the same with the prompts
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from lit_idpo.evaluation.answer_reading import EXTRACTIONS, parse_question, score_response
+from lit_idpo.data.tasks.arithmetic_reading import EXTRACTIONS, parse_question, score_response
 from lit_idpo.evaluation.audit import TRUNCATION_WARN_SHARE
 from lit_idpo.evaluation.options import slug
 from lit_idpo.evaluation.statistics import compare_over_seeds, mean_interval, over_seeds, score_summary, verdict
@@ -263,8 +263,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         results[study.key] = {"title": study.title, "dirs": [f"benchmarks/{d}" for d in study.dirs],
                               "seeds": list(study.seeds), "arms": arms,
                               "published_check": check_published(study, runs, arms)}
-    reader = BENCH.parent / "lit_idpo" / "evaluation" / "answer_reading.py"
-    out = {"reader": {"module": "lit_idpo/evaluation/answer_reading.py",
+    reader = BENCH.parent / "lit_idpo" / "data" / "tasks" / "arithmetic_reading.py"
+    out = {"reader": {"module": "lit_idpo/data/tasks/arithmetic_reading.py",
                       "sha256": hashlib.sha256(reader.read_bytes()).hexdigest()},
            "readings": {NEW: "issue 19: the result stated for the asked expression (truncated = stopped at the limit)",
                         OLD: "before issue 19: the first number after the last '=', else the last number"},
@@ -291,7 +291,7 @@ def render(results: Dict[str, Any], reader_sha: str) -> str:
              "response stopped at the length limit are dropped, seed by seed. \"Readings disagree\": responses "
              "the two readings score differently (summed over seeds). Every number, with per-seed values and "
              "the two-level bootstrap: [`rescoring.json`](rescoring.json). Reader: "
-             f"`lit_idpo/evaluation/answer_reading.py` with sha256 `{reader_sha[:16]}`; rerun the script whenever it "
+             f"`lit_idpo/data/tasks/arithmetic_reading.py` with sha256 `{reader_sha[:16]}`; rerun the script whenever it "
              "changes.", ""]
     checks = [(r["title"], r["published_check"]) for r in results.values()]
     if all(not c["mismatches"] for _, c in checks):

@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from lit_idpo.evaluation.answer_reading import parse_question, score_response
+from lit_idpo.data.tasks.arithmetic_reading import parse_question, score_response
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ("seed_study", "seed_study_l21", "reproduction", "reproduction_seed1")

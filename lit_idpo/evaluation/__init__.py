@@ -4,7 +4,6 @@ One concern per module:
 
 ==================  ==========================================================================
 ``options``         :class:`DataOptions`, :class:`GenerationOptions`, :class:`ImplicitOptions`, model specs
-``answer_reading``  :func:`is_correct`: the answer a response states to "What is a op b?" (and the old reading)
 ``prompts``         the held-out prompts, read and rendered as the data module does
 ``generation``      responses per model, with the on-disk generation cache
 ``judges``          the judge interface, the ``rule`` and ``reward-model`` judges
@@ -38,11 +37,11 @@ _EXPORTS = {
     "CI_METHOD": "lit_idpo.evaluation.judging",
     "Comparison": "lit_idpo.evaluation.judges",
     "DataOptions": "lit_idpo.evaluation.options",
-    "DEFAULT_EXTRACTION": "lit_idpo.evaluation.answer_reading",
+    "DEFAULT_EXTRACTION": "lit_idpo.data.tasks.arithmetic_reading",
     "DEFAULT_MAX_TOKENS": "lit_idpo.evaluation.openai_judge",
     "DEFAULT_TEMPERATURE": "lit_idpo.evaluation.openai_judge",
     "evaluate": "lit_idpo.evaluation.command",
-    "EXTRACTIONS": "lit_idpo.evaluation.answer_reading",
+    "EXTRACTIONS": "lit_idpo.data.tasks.arithmetic_reading",
     "format_markdown": "lit_idpo.evaluation.reports",
     "generate_responses": "lit_idpo.evaluation.generation",
     "Generation": "lit_idpo.evaluation.generation",
@@ -51,8 +50,8 @@ _EXPORTS = {
     "implicit_reward_accuracy": "lit_idpo.evaluation.implicit",
     "ImplicitOptions": "lit_idpo.evaluation.options",
     "Interval": "lit_idpo.evaluation.statistics",
-    "is_correct": "lit_idpo.evaluation.answer_reading",
-    "is_correct_last_equation": "lit_idpo.evaluation.answer_reading",
+    "is_correct": "lit_idpo.data.tasks.arithmetic_reading",
+    "is_correct_last_equation": "lit_idpo.data.tasks.arithmetic_reading",
     "Judge": "lit_idpo.evaluation.judges",
     "judge_from_args": "lit_idpo.evaluation.command",
     "judge_pairs": "lit_idpo.evaluation.judging",
@@ -64,7 +63,7 @@ _EXPORTS = {
     "JudgeOptions": "lit_idpo.evaluation.judge_factory",
     "JUDGES": "lit_idpo.evaluation.judge_factory",
     "JudgmentCache": "lit_idpo.evaluation.judging",
-    "last_equation_answer": "lit_idpo.evaluation.answer_reading",
+    "last_equation_answer": "lit_idpo.data.tasks.arithmetic_reading",
     "load_eval_model": "lit_idpo.evaluation.generation",
     "load_prompts": "lit_idpo.evaluation.prompts",
     "load_verifier": "lit_idpo.evaluation.verifiers",
@@ -77,12 +76,12 @@ _EXPORTS = {
     "OpenAIJudge": "lit_idpo.evaluation.openai_judge",
     "PairResult": "lit_idpo.evaluation.judging",
     "parse_model_specs": "lit_idpo.evaluation.options",
-    "parse_question": "lit_idpo.evaluation.answer_reading",
+    "parse_question": "lit_idpo.data.tasks.arithmetic_reading",
     "parse_verdict": "lit_idpo.evaluation.openai_judge",
     "Prompt": "lit_idpo.evaluation.prompts",
     "PromptRecord": "lit_idpo.evaluation.prompts",
-    "read_answer": "lit_idpo.evaluation.answer_reading",
-    "Reading": "lit_idpo.evaluation.answer_reading",
+    "read_answer": "lit_idpo.data.tasks.arithmetic_reading",
+    "Reading": "lit_idpo.data.tasks.arithmetic_reading",
     "reading_disagreements": "lit_idpo.evaluation.audit",
     "regularized_beta": "lit_idpo.evaluation.statistics",
     "render_conversation": "lit_idpo.evaluation.openai_judge",
@@ -92,7 +91,7 @@ _EXPORTS = {
     "RewardModelJudge": "lit_idpo.evaluation.judges",
     "RuleJudge": "lit_idpo.evaluation.judges",
     "run": "lit_idpo.evaluation.command",
-    "score_response": "lit_idpo.evaluation.answer_reading",
+    "score_response": "lit_idpo.data.tasks.arithmetic_reading",
     "score_summary": "lit_idpo.evaluation.statistics",
     "summarize_verdicts": "lit_idpo.evaluation.judging",
     "t_cdf": "lit_idpo.evaluation.statistics",
@@ -182,7 +181,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run time
-    from lit_idpo.evaluation.answer_reading import (
+    from lit_idpo.data.tasks.arithmetic_reading import (
         DEFAULT_EXTRACTION,
         EXTRACTIONS,
         Reading,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from lit_idpo.evaluation.answer_reading import EXTRACTIONS
+from lit_idpo.data.tasks.arithmetic_reading import EXTRACTIONS
 from lit_idpo.evaluation.judges import Judge, RuleJudge
 from lit_idpo.evaluation.prompts import PromptRecord
 

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from lit_idpo.data.tasks import TASK_FIELD, TASKS, task_of, task_verifier
 from lit_idpo.data.tasks.arithmetic import is_correct as score_arithmetic
 from lit_idpo.errors import ConfigError, UserError
-from lit_idpo.evaluation.answer_reading import DEFAULT_EXTRACTION, EXTRACTIONS
+from lit_idpo.data.tasks.arithmetic_reading import DEFAULT_EXTRACTION, EXTRACTIONS
 from lit_idpo.evaluation.prompts import Prompt
 from lit_idpo.evaluation.verifiers import EXAMPLE as VERIFIER_EXAMPLE
 from lit_idpo.evaluation.verifiers import call_verifier, describe_row, load_verifier
@@ -116,7 +116,7 @@ class RuleJudge(Judge):
 
     Args:
         answer_field: arithmetic: the row field holding the true integer answer (default ``answer``).
-        extraction: arithmetic: how the stated answer is read (:mod:`lit_idpo.evaluation.answer_reading`):
+        extraction: arithmetic: how the stated answer is read (:mod:`lit_idpo.data.tasks.arithmetic_reading`):
             ``asked_expression`` (default; the result stated for the asked ``a op b``, every such result
             right, prompts ``"What is a op b? ..."``) or ``last_equation`` (the reading before issue 19:
             the first number after the last ``=``, else the last number; kept for comparison).

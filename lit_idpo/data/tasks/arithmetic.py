@@ -3,14 +3,14 @@
 The rows are built by :mod:`.arithmetic_data` (and :mod:`.arithmetic_onpolicy`): ``prompt`` asks
 ``"What is a op b? Answer briefly."`` and ``answer`` holds the true integer result. The verifier reads
 the result a response states for the asked expression
-(:func:`lit_idpo.evaluation.answer_reading.score_response`; ``extraction`` picks the reading).
+(:func:`lit_idpo.data.tasks.arithmetic_reading.score_response`; ``extraction`` picks the reading).
 """
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from lit_idpo.evaluation.answer_reading import DEFAULT_EXTRACTION, score_response
+from lit_idpo.data.tasks.arithmetic_reading import DEFAULT_EXTRACTION, score_response
 
 
 def is_correct(row: Mapping[str, Any], response: str, truncated: bool = False, *,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from lit_idpo.data.tasks import BUNDLED_SOURCES, DATA_DIR, SPLITS, dataset_path, load_rows  # noqa: F401 (re-exported)
-from lit_idpo.evaluation.answer_reading import is_correct_last_equation, last_equation_answer
+from lit_idpo.data.tasks.arithmetic_reading import is_correct_last_equation, last_equation_answer
 
 #: The shipped sources (the registry is :data:`lit_idpo.data.tasks.BUNDLED_SOURCES`): ``arithmetic``: templated
 #: pairs built here; ``arithmetic_onpolicy``: the model's own sampled responses on the same prompts, labelled by
