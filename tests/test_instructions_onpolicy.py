@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lit_idpo.data.tasks import DATA_DIR, dataset_path, instructions
+from lit_idpo.data import load_split
+from lit_idpo.data.tasks import DATA_DIR, dataset_path, instructions, load_rows
 from lit_idpo.data.tasks import instructions_onpolicy as onpolicy
 from lit_idpo.errors import ConfigError
 
@@ -225,3 +226,89 @@ def test_sampling_is_seeded_per_batch_resumable_and_the_same_in_any_order(tmp_pa
             sampling.sample_responses(other, cache_path=tmp_path / "a.jsonl", **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------------
+# The shipped files
+# --------------------------------------------------------------------------------------------------
+
+SPLITS = ("train", "test")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return {split: load_rows(onpolicy.TASK, split) for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def shipped_samples():
+    text = (DATA_DIR / f"{onpolicy.TASK}_samples.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_shipped_pairs_are_labelled_by_the_verifier(shipped):
+    for split, rows in shipped.items():
+        assert rows, split
+        for row in rows:
+            assert instructions.is_correct(row, row["chosen"]), row["id"]
+            assert not instructions.is_correct(row, row["rejected"]), row["id"]
+            assert row["task"] == "instructions" and row["prompt"].startswith(row["request"] + " ")
+
+
+def test_shipped_splits_share_no_request(shipped):
+    requests = {split: {row["request"] for row in rows} for split, rows in shipped.items()}
+    assert not requests["train"] & requests["test"]
+    assert requests["test"] <= set(instructions.split_requests()["test"])
+
+
+def test_shipped_pairs_rebuild_from_the_shipped_samples(shipped, shipped_samples):
+    """The pairs and the statistics are exactly what the script makes of the shipped samples (no model)."""
+    script = _script()
+    stats = json.loads((DATA_DIR / f"{onpolicy.TASK}_stats.json").read_text(encoding="utf-8"))
+    rows_by_split = script.prompt_rows(stats["train"]["prompts"], stats["test"]["prompts"], stats["seed"])
+    for split, rows in rows_by_split.items():  # the samples carry the rows they were sampled for
+        by_id = {row["id"]: row for row in rows}
+        for s in shipped_samples:
+            if s["split"] == split:
+                assert (s["prompt"], s["constraints"]) == (by_id[s["prompt_id"]]["prompt"],
+                                                           by_id[s["prompt_id"]]["constraints"])
+    texts = script.build(shipped_samples, rows_by_split, stats["seed"], stats["wall_s"])
+    for split in SPLITS:
+        assert [json.loads(line) for line in texts[split].splitlines()] == shipped[split]
+    assert json.loads(texts["stats"]) == stats
+    for split in SPLITS:
+        split_stats = stats[split]
+        assert split_stats["pairs"] == len(shipped[split])
+        assert split_stats["pairs"] + sum(split_stats["no_pair"].values()) == split_stats["prompts"]
+        assert split_stats["samples"] == split_stats["prompts"] * stats["samples_per_prompt"]
+
+
+def test_the_task_loads_as_a_data_source(shipped):
+    rows = load_split("bundled:instructions_onpolicy", "test")
+    assert len(rows) == len(shipped["test"]) and {"prompt", "chosen", "rejected", "constraints"} <= set(rows[0])
+    assert "instructions_onpolicy_test.jsonl, line 1" in rows.where(0)
+
+
+def test_evaluate_reads_the_held_out_prompts_and_verifies_with_the_instructions_task(tmp_path):
+    from lit_idpo.cli import main
+
+    out = tmp_path / "out"
+    main(["evaluate", "--model", "a=tiny-llama", "--model", "b=tiny-gpt2", "--data.source",
+          "bundled:instructions_onpolicy", "--data.split", "test", "--data.limit", "3", "--judge.name", "rule",
+          "--generation.max_new_tokens", "3", "--generation.device", "cpu", "--output_dir", str(out),
+          "--no_progress"])
+    rows = load_rows(onpolicy.TASK, "test")
+    for model in ("a", "b"):
+        lines = [json.loads(x) for x in (out / "responses" / f"{model}.jsonl").read_text().splitlines()]
+        assert [line["prompt_index"] for line in lines] == [0, 1, 2]
+        for line in lines:  # the score is the instructions task's verdict, recomputed here
+            row = rows[line["prompt_index"]]
+            expected = instructions.is_correct(row, line["response"], line["stopped"] == "length")
+            assert line["score"] == (1.0 if expected else 0.0)
+    # A response that satisfies a held-out row passes the rule judge: its chosen response does.
+    from lit_idpo.evaluation import RuleJudge
+
+    judge = RuleJudge()
+    assert judge.task_of(rows[0]) == "instructions"
+    assert judge.score(rows[0]["prompt"], rows[0]["chosen"], rows[0]) == 1.0
+    assert judge.score(rows[0]["prompt"], rows[0]["rejected"], rows[0]) == 0.0

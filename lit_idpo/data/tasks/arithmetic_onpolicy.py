@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-from lit_idpo.data.tasks.sampling import describe_outcomes, pick_pair, samples_by_prompt
 from lit_idpo.data.tasks.arithmetic_reading import read_answer
+from lit_idpo.data.tasks.sampling import describe_outcomes, pick_pair, samples_by_prompt
 
 TASK = "arithmetic_onpolicy"
 

@@ -183,7 +183,8 @@ REQUESTS: Tuple[str, ...] = (
     "Give some reasons to learn a second language.", "Give some reasons to visit a museum.",
 )
 
-#: Parameters offered per constraint type (not yet chosen by measurement: see issue 22).
+#: Parameters offered per constraint type: everything measured; the on-policy task draws from the subset chosen by
+#: that measurement (:data:`.instructions_onpolicy.ONPOLICY_MENU`, issue 22).
 DEFAULT_MENU: Dict[str, Tuple[Dict[str, Any], ...]] = {
     "lowercase": ({},),
     "no_commas": ({},),

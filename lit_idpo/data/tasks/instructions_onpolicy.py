@@ -17,8 +17,10 @@ Rows keep the task's fields, so the rule judge verifies any response to them wit
      "rejected_failed": ["no_commas"], "rejected_problem": null}
 
 ``rejected_failed`` lists the constraints the rejected response does not satisfy, ``rejected_problem`` why
-it is no real answer (:func:`problem_kind`; None when it is one). Evaluating with ``data.split: test`` reads
-the held-out requests that gave a pair (those the untuned model passes sometimes, not always); every
+it is no real answer (:func:`problem_kind`; None when it is one). Shipped: 208 training pairs (from 576
+prompts) and 71 held-out pairs (from 176), 4 responses per prompt of at most 192 new tokens
+(``instructions_onpolicy_stats.json``, ``docs/instructions_task.md``). Evaluating with ``data.split: test``
+reads the held-out requests that gave a pair (those the untuned model passes sometimes, not always); every
 held-out request and its samples are in ``instructions_onpolicy_samples.jsonl``.
 
 This module holds the part that needs no model: labels, the pairing rule (:func:`pair_for_prompt`,
