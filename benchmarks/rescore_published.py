@@ -291,8 +291,8 @@ def render(results: Dict[str, Any], reader_sha: str) -> str:
              "response stopped at the length limit are dropped, seed by seed. \"Readings disagree\": responses "
              "the two readings score differently (summed over seeds). Every number, with per-seed values and "
              "the two-level bootstrap: [`rescoring.json`](rescoring.json). Reader: "
-             f"`lit_idpo/data/tasks/arithmetic_reading.py` with sha256 `{reader_sha[:16]}`; rerun the script whenever it "
-             "changes.", ""]
+             f"`lit_idpo/data/tasks/arithmetic_reading.py` with sha256 `{reader_sha[:16]}`; rerun the script "
+             "whenever it changes.", ""]
     checks = [(r["title"], r["published_check"]) for r in results.values()]
     if all(not c["mismatches"] for _, c in checks):
         lines += ["**Check:** under the reading each study used (`last_equation` for the four earlier studies, "

@@ -243,3 +243,26 @@ def tokenize_rows(
     stats.max_tokens = max(lengths, default=0)
     stats.mean_tokens = sum(lengths) / len(lengths) if lengths else 0.0
     return PreferencePairs(prompts, chosens, rejecteds, row_index), stats
+
+
+def render_prompt_ids(tokenizer, prompt: Union[str, List[Dict[str, str]]]) -> List[int]:
+    """A prompt's token ids, rendered as the data module renders a training prompt (used by evaluation, speculate and
+    the on-policy data builders, so that all of them give the model what training gave it).
+
+    With a chat template: the prompt (a string becomes one user turn) with ``add_generation_prompt``;
+    without one: the plain string. BOS is put in front only when the tokenizer normally adds one and
+    the text does not already start with it.
+    """
+    pair_tok = PairTokenizer(tokenizer)
+    if pair_tok.has_template:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        raise DataError("the prompts are message lists, but the model's tokenizer has no chat template to render "
+                        "them; evaluate such data with chat models only")
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if pair_tok.adds_bos and (not ids or ids[0] != pair_tok.bos):
+        ids = [pair_tok.bos] + ids
+    return ids

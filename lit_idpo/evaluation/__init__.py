@@ -85,7 +85,7 @@ _EXPORTS = {
     "reading_disagreements": "lit_idpo.evaluation.audit",
     "regularized_beta": "lit_idpo.evaluation.statistics",
     "render_conversation": "lit_idpo.evaluation.openai_judge",
-    "render_prompt_ids": "lit_idpo.evaluation.prompts",
+    "render_prompt_ids": "lit_idpo.data.tokenize",
     "resolve_device": "lit_idpo.evaluation.generation",
     "resolve_implicit_layers": "lit_idpo.evaluation.implicit",
     "RewardModelJudge": "lit_idpo.evaluation.judges",
@@ -192,6 +192,7 @@ if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run 
         read_answer,
         score_response,
     )
+    from lit_idpo.data.tokenize import render_prompt_ids
     from lit_idpo.evaluation.audit import TRUNCATION_WARN_SHARE, reading_disagreements, truncation_check
     from lit_idpo.evaluation.command import build_parser, evaluate, judge_from_args, main, run
     from lit_idpo.evaluation.generation import (
@@ -226,7 +227,7 @@ if TYPE_CHECKING:  # static analysers see the names; nothing is imported at run 
         ModelSpec,
         parse_model_specs,
     )
-    from lit_idpo.evaluation.prompts import Message, Prompt, PromptRecord, load_prompts, render_prompt_ids
+    from lit_idpo.evaluation.prompts import Message, Prompt, PromptRecord, load_prompts
     from lit_idpo.evaluation.reports import format_markdown
     from lit_idpo.evaluation.statistics import (
         Interval,

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from lit_idpo.data import truncate_prompt
+from lit_idpo.data.tokenize import render_prompt_ids
 from lit_idpo.errors import MissingDependencyError
 from lit_idpo.evaluation._util import info, progress_bar, sha256
 from lit_idpo.evaluation.options import GenerationOptions, ModelSpec
-from lit_idpo.evaluation.prompts import PromptRecord, render_prompt_ids
+from lit_idpo.evaluation.prompts import PromptRecord
 from lit_idpo.fingerprint import adapter_base, model_fingerprint
 from lit_idpo.storage import JsonlCache, atomic_write_json
 

@@ -30,8 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from lit_idpo.data.tasks import TASK_FIELD, TASKS, task_of, task_verifier
 from lit_idpo.data.tasks.arithmetic import is_correct as score_arithmetic
-from lit_idpo.errors import ConfigError, UserError
 from lit_idpo.data.tasks.arithmetic_reading import DEFAULT_EXTRACTION, EXTRACTIONS
+from lit_idpo.errors import ConfigError, UserError
 from lit_idpo.evaluation.prompts import Prompt
 from lit_idpo.evaluation.verifiers import EXAMPLE as VERIFIER_EXAMPLE
 from lit_idpo.evaluation.verifiers import call_verifier, describe_row, load_verifier

@@ -61,27 +61,3 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
         raise DataError(f"split {data.split!r} of {data.source!r} gave no usable prompts ({stats}); check data.source, "
                         f"data.split and data.format")
     return records, stats
-
-
-def render_prompt_ids(tokenizer, prompt: Prompt) -> List[int]:
-    """A prompt's token ids, rendered as the data module renders a training prompt.
-
-    With a chat template: the prompt (a string becomes one user turn) with ``add_generation_prompt``;
-    without one: the plain string. BOS is put in front only when the tokenizer normally adds one and
-    the text does not already start with it.
-    """
-    from lit_idpo.data import PairTokenizer
-
-    pair_tok = PairTokenizer(tokenizer)
-    if pair_tok.has_template:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    elif isinstance(prompt, str):
-        text = prompt
-    else:
-        raise DataError("the prompts are message lists, but the model's tokenizer has no chat template to render "
-                        "them; evaluate such data with chat models only")
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if pair_tok.adds_bos and (not ids or ids[0] != pair_tok.bos):
-        ids = [pair_tok.bos] + ids
-    return ids

@@ -222,9 +222,10 @@ def speculate(model: str, output_dir: Union[str, Path], *, layers: Union[str, Se
     import transformers
 
     from lit_idpo.data import truncate_prompt
+    from lit_idpo.data.tokenize import render_prompt_ids
     from lit_idpo.evaluation._util import progress_bar
     from lit_idpo.evaluation.generation import _eos_ids, load_eval_model, resolve_device
-    from lit_idpo.evaluation.prompts import load_prompts, render_prompt_ids
+    from lit_idpo.evaluation.prompts import load_prompts
     from lit_idpo.logprobs import find_head_path
     from lit_idpo.models import load_tokenizer
     from lit_idpo.speculate.report import mismatch_message, write_reports

@@ -36,7 +36,7 @@ def sample_responses(rows_by_split: Mapping[str, Sequence[Mapping[str, Any]]], *
     """
     import torch
 
-    from lit_idpo.evaluation.prompts import render_prompt_ids
+    from lit_idpo.data.tokenize import render_prompt_ids
     from lit_idpo.models import load_model, load_tokenizer
 
     torch.set_num_threads(threads)
