@@ -36,7 +36,9 @@ new tokens), labelled by the task's verifier; :mod:`~lit_idpo.data.tasks.instruc
 failing) pair per prompt. Written to ``lit_idpo/data/``: ``instructions_onpolicy_{train,test}.jsonl`` (the pairs),
 ``instructions_onpolicy_samples.jsonl`` (every response with its label and its prompt's row, so the pairs can be
 rebuilt and audited without the model) and ``instructions_onpolicy_stats.json`` (counts, why prompts gave no pair,
-the share satisfying each constraint type, sampling wall time). A rebuild from samples relabels them with the
+the share satisfying each constraint type, sampling wall time), and ``instructions_{train,test}.jsonl``
+(``bundled:instructions``: every prompt sampled, pair or not, as a prompt-only row with its constraints, what
+``lit-idpo evaluate`` generates for). A rebuild from samples relabels them with the
 current verifier.
 
 Determinism: prompts are sampled in fixed batches, each with its own seed (``--seed``, the split and the batch's
@@ -93,7 +95,10 @@ REWORDINGS: Dict[str, List[tuple]] = {
 
 def _files(out_dir: Path) -> Dict[str, Path]:
     return {"train": out_dir / f"{onpolicy.TASK}_train.jsonl", "test": out_dir / f"{onpolicy.TASK}_test.jsonl",
-            "samples": out_dir / f"{onpolicy.TASK}_samples.jsonl", "stats": out_dir / f"{onpolicy.TASK}_stats.json"}
+            "samples": out_dir / f"{onpolicy.TASK}_samples.jsonl", "stats": out_dir / f"{onpolicy.TASK}_stats.json",
+            # Every sampled prompt as a prompt-only row (bundled:instructions): what evaluation generates for.
+            "prompts_train": out_dir / f"{instructions.TASK}_train.jsonl",
+            "prompts_test": out_dir / f"{instructions.TASK}_test.jsonl"}
 
 
 def _measure_files(out_dir: Path, docs_dir: Path) -> Dict[str, Path]:
@@ -375,6 +380,8 @@ def build(samples: Sequence[Mapping[str, Any]], rows_by_split: Mapping[str, Sequ
     texts["samples"] = dumps_jsonl([{**s, "prompt": rows[s["prompt_id"]]["prompt"],
                                      "constraints": rows[s["prompt_id"]]["constraints"]} for s in samples])
     texts["stats"] = json.dumps(stats, indent=2) + "\n"
+    for split, split_rows in rows_by_split.items():
+        texts[f"prompts_{split}"] = dumps_jsonl(split_rows)
     return texts
 
 

@@ -54,7 +54,11 @@ def _missing(row: Dict[str, Any], name: str, where: Optional[str] = None, reason
     if name in row:  # present but null: say so, never "missing"
         return BadRowError(reason, where or name, f"field {where or name!r} is null; it needs a value")
     holder = "the message has keys" if where else "the row has fields"
-    return BadRowError(reason, where or name, f"field {where or name!r} is missing ({holder} {sorted(row)})")
+    hint = ""
+    if not where and is_prompt_only(row):
+        hint = ("; it is a prompt-only row, which serves lit-idpo evaluate's generation only: training and the "
+                "implicit-reward pass need (chosen, rejected) pairs")
+    return BadRowError(reason, where or name, f"field {where or name!r} is missing ({holder} {sorted(row)}){hint}")
 
 
 def _not_a_mapping(row: Any) -> BadRowError:
@@ -197,3 +201,25 @@ def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
         return NormalizedRow("messages", prompt, completion_c, completion_r)
 
     raise ConfigError(f"format={fmt!r} is not a row format; choose one of {list(FORMATS[1:])}")
+
+
+def is_prompt_only(row: Any) -> bool:
+    """Whether a row is a prompt with no pair (``prompt`` and neither ``chosen`` nor ``rejected``).
+
+    Such rows serve evaluation, which generates and judges responses and needs no pair (TRL's
+    "prompt-only" datasets); training and the implicit-reward pass need pairs.
+    """
+    return isinstance(row, dict) and "prompt" in row and "chosen" not in row and "rejected" not in row
+
+
+def normalize_prompt(row: Dict[str, Any]) -> Union[str, List[Message]]:
+    """Validate a prompt-only row's ``prompt`` (a string, or messages not ending with the assistant's)."""
+    if isinstance(row.get("prompt"), list):
+        prompt = _messages(row, "prompt")
+        if prompt[-1]["role"] == "assistant":
+            raise BadRowError("bad_roles", f"prompt[{len(prompt) - 1}].role",
+                              "the prompt ends with an 'assistant' message; a prompt to answer must not")
+        if not any(m["content"].strip() for m in prompt):
+            raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
+        return prompt
+    return _text(row, "prompt", "empty_prompt")

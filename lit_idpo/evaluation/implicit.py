@@ -57,6 +57,7 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
     from lit_idpo.models import load_tokenizer
 
     options = options if options is not None else ImplicitOptions()
+    data = options.data if options.data is not None else data  # the pairs may live apart from the prompts
     targets = [m for m in models if m.source != reference]
     if not targets:
         return {}
@@ -102,7 +103,7 @@ def implicit_reward_accuracy(models: Sequence[ModelSpec], reference: str, data: 
         info(f"implicit reward: reference log-probs from the cache ({cache.folder})")
     layer_ids, num_layers = ref.layers, ref.num_layers
     result: Dict[str, Any] = {"layers": layer_ids, "num_layers": num_layers, "pairs": len(pairs), "beta": options.beta,
-                              "reference": reference, "data": stats.as_dict(), "models": {}}
+                              "reference": reference, "data": {"source": data.source, **stats.as_dict()}, "models": {}}
     for spec in targets:
         pol = cache.load(spec.source, layer_ids) if cache is not None else None
         status["models"][spec.name] = "cached" if pol is not None else "computed"

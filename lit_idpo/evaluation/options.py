@@ -7,6 +7,7 @@ These dataclasses are also the ``lit-idpo evaluate`` command line (``--data.limi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,18 +118,26 @@ class ImplicitOptions:
         beta: the DPO beta used for the reported reward margins (accuracy does not depend on it).
         batch_size: pairs per forward pass.
         max_length: pairs longer than this (prompt + longer completion, tokens) are dropped and counted.
+        data: where the held-out pairs come from, when not from the prompts' ``data`` (e.g. the prompts are
+            prompt-only rows, which have no pair): the same options as ``data``. null: the prompts' data.
     """
 
     layers: Union[str, List[int]] = "auto"
     beta: float = 0.1
     batch_size: int = 8
     max_length: Optional[int] = 1024
+    data: Optional[DataOptions] = None
 
     def __post_init__(self):
         if isinstance(self.layers, str) and self.layers not in ("auto", "all"):
             self.layers = parse_layer_list(self.layers, "implicit.layers")  # the command line's "5,21,-1"
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"implicit.batch_size={self.batch_size!r}; it must be an integer >= 1")
+        if isinstance(self.data, dict):  # a sweep file's plain mapping
+            unknown = sorted(set(self.data) - {f.name for f in dataclasses.fields(DataOptions)})
+            if unknown:
+                raise ConfigError(f"implicit.data has unknown key(s) {unknown}; it takes the options of data")
+            self.data = DataOptions(**self.data)
 
 
 @dataclass

@@ -14,7 +14,8 @@ Prompt = Union[str, List[Message]]
 
 @dataclass
 class PromptRecord:
-    """One held-out prompt: its row index in the split, the prompt, the reference pair and the raw row."""
+    """One held-out prompt: its row index in the split, the prompt, the reference pair (None for a
+    prompt-only row) and the raw row."""
 
     index: int
     prompt: Prompt
@@ -27,10 +28,13 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
     """The prompts of a held-out split, validated and normalised as the data module does.
 
     Each row is kept whole, so judges can read extra fields (the rule judge's verifiers: ``answer``,
-    ``constraints``, or any field a ``judge.verifier`` reads).
+    ``constraints``, or any field a ``judge.verifier`` reads). A row with a ``prompt`` and neither
+    ``chosen`` nor ``rejected`` is a prompt-only row (generation needs no pair): it is kept, with no
+    reference pair, whatever ``data.format`` says about the pair rows.
     Returns the records (in split order) and counts: rows read, prompts kept, skipped per reason.
     """
     from lit_idpo.data import BadRowError, detect_format, load_split, normalize_row, row_location
+    from lit_idpo.data.rows import is_prompt_only, normalize_prompt
 
     rows = load_split(data.source, data.split, data_files=data.data_files, subset=data.subset)
     fmt = None if data.format == "auto" else data.format
@@ -42,6 +46,9 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
             break
         read += 1
         try:
+            if is_prompt_only(row):
+                records.append(PromptRecord(index, normalize_prompt(row), None, None, dict(row)))
+                continue
             if fmt is None:
                 fmt = detect_format(row)
             normal = normalize_row(row, fmt)
@@ -55,8 +62,9 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
                               f"field {err.field!r}: {err.problem}. Fix the data, or set data.on_bad_row to skip "
                               f"(skipped rows are counted).", where=where) from None
         records.append(PromptRecord(index, normal.prompt, normal.chosen, normal.rejected, dict(row)))
-    stats = {"source": data.source, "split": data.split, "format": fmt or "?", "rows_read": read,
-             "prompts": len(records), "skipped": skipped}
+    fmt = fmt or ("prompt_only" if records else "?")
+    stats = {"source": data.source, "split": data.split, "format": fmt, "rows_read": read, "prompts": len(records),
+             "skipped": skipped}
     if not records:
         raise DataError(f"split {data.split!r} of {data.source!r} gave no usable prompts ({stats}); check data.source, "
                         f"data.split and data.format")

@@ -20,7 +20,9 @@ to no bundled task: the rule judge (``judge.name: rule``) then needs the user's 
 The shipped data sources (``bundled:<name>``, :data:`BUNDLED_SOURCES`) are JSON-lines files in
 ``lit_idpo/data/`` (:func:`dataset_path`, :func:`load_rows`): ``arithmetic`` and ``arithmetic_onpolicy`` (rows of
 the arithmetic task), ``instructions_onpolicy`` (rows of the instructions task, built by
-:mod:`.instructions_onpolicy` from the embedded model's samples, ``scripts/make_instructions_data.py``).
+:mod:`.instructions_onpolicy` from the embedded model's samples, ``scripts/make_instructions_data.py``) and
+``instructions`` (the same build's prompts, every one, as prompt-only rows with their constraints: what
+``lit-idpo evaluate`` generates for; most held-out prompts gave no pair, so they are not in the pairs' file).
 
 Importing this package loads no torch; each task's module is imported when its verifier is asked for.
 """
@@ -82,6 +84,7 @@ BUNDLED_SOURCES: Dict[str, str] = {
     "arithmetic": "scripts/make_bundled_data.py",
     "arithmetic_onpolicy": "scripts/make_onpolicy_data.py",
     "instructions_onpolicy": "scripts/make_instructions_data.py",
+    "instructions": "scripts/make_instructions_data.py",
 }
 SPLITS = ("train", "test")
 DATA_DIR = Path(__file__).resolve().parents[1]  # lit_idpo/data/: the shipped .jsonl files (package data)
