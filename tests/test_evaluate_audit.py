@@ -122,3 +122,27 @@ def test_a_report_from_before_the_audit_still_renders():
                        "generation": {"mean_new_tokens": 3.0, "stopped_at_max_new_tokens": 0}}]}
     report = ev.format_markdown(old)
     assert "| m | 100.0 | [20.0, 100.0] | 3.0 | 0 |" in report and "answer reading" not in report
+
+
+def test_response_profile_gives_words_and_the_pass_rate_per_constraint_type():
+    """Worked by hand: three instruction rows; the per-type counts follow from each response's checks."""
+    from lit_idpo.evaluation.audit import response_profile
+    from lit_idpo.evaluation.prompts import PromptRecord
+
+    rows = [{"prompt": "Describe rain. Do not use any commas.", "task": "instructions",
+             "constraints": [{"type": "no_commas"}]},
+            {"prompt": "Describe snow. Do not use any commas. Include the word \"cold\".", "task": "instructions",
+             "constraints": [{"type": "no_commas"}, {"type": "include_word", "word": "cold"}]},
+            {"prompt": "Describe wind. Include the word \"cold\".", "task": "instructions",
+             "constraints": [{"type": "include_word", "word": "cold"}]}]
+    responses = ["Rain is water that falls from clouds in drops.",        # passes no_commas
+                 "Snow is cold, white and soft when it falls in winter.",  # include_word yes, no_commas no: fails
+                 "Wind is moving air that can feel cold on a winter day."]  # passes, but truncated: fails
+    prompts = [PromptRecord(i, r["prompt"], None, None, r) for i, r in enumerate(rows)]
+    profile = response_profile(prompts, responses, [False, False, True])
+    assert profile["mean_words"] == pytest.approx((9 + 11 + 12) / 3)
+    assert profile["constraints"] == {
+        "include_word": {"responses": 2, "passed": 0, "satisfied": 2, "pass_rate": 0.0, "satisfied_rate": 1.0},
+        "no_commas": {"responses": 2, "passed": 1, "satisfied": 1, "pass_rate": 0.5, "satisfied_rate": 0.5}}
+    arithmetic = [PromptRecord(0, "What is 1 + 1?", None, None, {"prompt": "What is 1 + 1?", "answer": 2})]
+    assert response_profile(arithmetic, ["2"], [False]) == {"mean_words": 1.0}  # no constraints: no table

@@ -1,6 +1,7 @@
-"""Auditing an evaluation's instrument: responses cut at the length limit, and where the rule judge's readings differ.
+"""Auditing an evaluation's instrument: responses cut at the length limit, where the rule judge's readings differ,
+and what each model's responses look like (length; per constraint type on the instruction task).
 
-Two checks ``lit-idpo evaluate`` runs on every model and puts in ``results.json`` and the report:
+The checks ``lit-idpo evaluate`` runs on every model and puts in ``results.json`` and the report:
 
 - **Truncation** (:func:`truncation_check`): the share of each model's responses that stopped at
   ``max_new_tokens``. Above :data:`TRUNCATION_WARN_SHARE` it warns: whatever reads the end of a
@@ -9,12 +10,17 @@ Two checks ``lit-idpo evaluate`` runs on every model and puts in ``results.json`
 - **Reading disagreements** (:func:`reading_disagreements`, rule judge on arithmetic rows only): how
   many responses the two answer readings (``asked_expression`` and ``last_equation``) score
   differently, and which way.
+- **Response profile** (:func:`response_profile`): mean length in words, and on instruction-task rows the
+  pass rate per constraint type (a model that wins by writing less is not one that follows
+  instructions better; the per-type rates show which constraints moved).
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from lit_idpo.data.tasks import task_of
 from lit_idpo.data.tasks.arithmetic_reading import EXTRACTIONS
 from lit_idpo.evaluation.judges import Judge, RuleJudge
 from lit_idpo.evaluation.prompts import PromptRecord
@@ -69,3 +75,22 @@ def truncation_check(models: Sequence[Mapping[str, Any]], max_new_tokens: int,
                    f"without the truncated responses")
     return {"threshold": threshold, "max_new_tokens": max_new_tokens, "share": share, "over": over,
             "warning": warning}
+
+
+def response_profile(prompts: Sequence[PromptRecord], responses: Sequence[str],
+                     truncated: Sequence[bool]) -> Dict[str, Any]:
+    """A model's responses described: ``{"mean_words": float}``, plus ``"constraints"`` when every prompt
+    is an instruction-task row: per constraint type, :func:`lit_idpo.data.tasks.instructions.rates_by_type`
+    (responses asked it, how many pass the whole verifier, how many satisfy that constraint's own check).
+    """
+    profile: Dict[str, Any] = {"mean_words": statistics.fmean(len(r.split()) for r in responses) if responses
+                               else 0.0}
+    try:
+        instruction_rows = bool(prompts) and all(task_of(r.row) == "instructions" for r in prompts)
+    except ValueError:  # a row of no known task: nothing task-specific to say (the judge reports such rows)
+        instruction_rows = False
+    if instruction_rows:
+        from lit_idpo.data.tasks.instructions import rates_by_type
+
+        profile["constraints"] = rates_by_type([r.row for r in prompts], responses, truncated)
+    return profile

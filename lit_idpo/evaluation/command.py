@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from lit_idpo.errors import ConfigError, VerifierError, add_progress_flag, command_parser, parse_command
 from lit_idpo.evaluation._util import info
-from lit_idpo.evaluation.audit import reading_disagreements, truncation_check
+from lit_idpo.evaluation.audit import reading_disagreements, response_profile, truncation_check
 from lit_idpo.evaluation.generation import generate_responses
 from lit_idpo.evaluation.implicit import implicit_reward_accuracy
 from lit_idpo.evaluation.judge_factory import JUDGES, JudgeOptions
@@ -160,6 +160,8 @@ def evaluate(models: Sequence[ModelSpec], output_dir: Union[str, Path], *, judge
                 for record, gen, score, both in zip(prompts, gens, scores, per_response)]))
             results["models"].append({"name": spec.name, "source": spec.source, "generation": summary,
                                       "score": score_summary(scores, confidence) if has_scores else None,
+                                      "responses": response_profile(prompts, responses[spec.name],
+                                                                    truncated[spec.name]),
                                       **({"readings": readings} if readings else {})})
         results["truncation"] = truncation_check(results["models"], generation.max_new_tokens)
         if results["truncation"]["warning"]:

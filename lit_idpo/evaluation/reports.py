@@ -1,5 +1,7 @@
 """The evaluation as markdown: pairwise win rates, per-model scores and truncation, implicit-reward accuracy per layer.
 
+On instruction-task prompts, a table of the pass rate per constraint type per model follows the per-model table.
+
 The judge line names the rule judge's answer reading; the per-model table gives each model's share of
 responses stopped at ``max_new_tokens`` (with the warning above 5 %) and, with the rule judge, how many
 responses the two answer readings score differently.
@@ -61,7 +63,8 @@ def _model_table(results: Mapping[str, Any]) -> List[str]:
     if scored:
         header += ["accuracy (%)" if judge["name"] == "rule" else "mean score",
                    f"{round(100 * results.get('confidence', 0.95))} % CI"]
-    header += ["mean new tokens", "hit max_new_tokens"]
+    words = all(m.get("responses") for m in models)
+    header += (["mean words"] if words else []) + ["mean new tokens", "hit max_new_tokens"]
     if readings:
         header += ["readings disagree (right only under asked_expression / last_equation)"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
@@ -71,7 +74,7 @@ def _model_table(results: Mapping[str, Any]) -> List[str]:
             ci = f"[{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]" if s and s.get("ci_low") is not None else "n/a"
             row += [fmt(s["mean"]) if s else "n/a", ci]
         share = g.get("stopped_at_max_new_tokens_share")
-        row += [f"{g['mean_new_tokens']:.1f}",
+        row += ([f"{m['responses']['mean_words']:.1f}"] if words else []) + [f"{g['mean_new_tokens']:.1f}",
                 f"{g['stopped_at_max_new_tokens']}" + (f" ({_pct(share)} %)" if share is not None else "")]
         if readings:
             r = m.get("readings")
@@ -82,6 +85,23 @@ def _model_table(results: Mapping[str, Any]) -> List[str]:
     warning = (results.get("truncation") or {}).get("warning")
     if warning:
         lines += ["", f"**Warning:** {warning}."]
+    return lines + _constraint_table(models)
+
+
+def _constraint_table(models) -> List[str]:
+    """Instruction-task prompts: per model and constraint type, the pass rate (whole verifier) and, in
+    brackets, the share satisfying that constraint's own check."""
+    profiles = [m.get("responses", {}).get("constraints") for m in models]
+    if not profiles or not all(profiles):
+        return []
+    types = sorted({t for p in profiles for t in p})
+    asked = {t: next(p[t]["responses"] for p in profiles if t in p) for t in types}
+    lines = ["", "Pass rate (%) per constraint type, over the prompts that ask it (in brackets: the share "
+                 "satisfying that constraint, whatever the rest of the verifier says):", "",
+             "| model | " + " | ".join(f"{t} (n={asked[t]})" for t in types) + " |", "|---|" + "---:|" * len(types)]
+    for m, p in zip(models, profiles):
+        cells = [f"{_pct(p[t]['pass_rate'])} ({_pct(p[t]['satisfied_rate'])})" if t in p else "n/a" for t in types]
+        lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
     return lines
 
 
