@@ -135,7 +135,8 @@ def _pct(x: Optional[float]) -> str:
 def _ci(stat: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     if stat.get("ci_low") is None:
         return f"{scale * stat['mean']:.{digits}f}"
-    return f"{scale * stat['mean']:.{digits}f} [{scale * stat['ci_low']:.{digits}f}, {scale * stat['ci_high']:.{digits}f}]"
+    low, high = scale * stat["ci_low"], scale * stat["ci_high"]
+    return f"{scale * stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
 def markdown(a: Mapping[str, Any], arm: str = ARM, baseline: str = BASELINE) -> str:
@@ -160,8 +161,8 @@ def markdown(a: Mapping[str, Any], arm: str = ARM, baseline: str = BASELINE) -> 
               f"| type | prompts | {' | '.join(arms)} | {arm} - {baseline} (points) |",
               "|---|---:|" + "---:|" * (len(arms) + 1)]
     for t in types:
-        cells = [f"{_pct(a['arms'][n]['by_type'][t]['pass_rate'])} ({_pct(a['arms'][n]['by_type'][t]['satisfied_rate'])})"
-                 for n in arms]
+        rates = [a["arms"][n]["by_type"][t] for n in arms]
+        cells = [f"{_pct(r['pass_rate'])} ({_pct(r['satisfied_rate'])})" for r in rates]
         lines.append(f"| {t} | {a['arms'][arm]['by_type'][t]['prompts']} | {' | '.join(cells)} | "
                      f"{_ci(a['by_type_vs_dpo'][t])} |")
     lines += ["", f"## {arm} against the same seed's {baseline}", "",
