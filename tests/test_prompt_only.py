@@ -110,3 +110,16 @@ def test_evaluate_judges_prompt_only_rows_and_reads_implicit_pairs_apart(tmp_pat
         assert set(model["responses"]["constraints"]) == {c["type"] for r in load_rows("instructions", "test")[:3]
                                                           for c in r["constraints"]}
     assert "Pass rate (%) per constraint type" in (tmp_path / "out" / "results.md").read_text()
+
+
+@pytest.mark.parametrize("flags", [
+    ["--implicit.data.source", "bundled:instructions_onpolicy", "--implicit.data.split", "test"],
+    ["--implicit.data", "{source: bundled:instructions_onpolicy, split: test}"],
+])
+def test_the_command_line_spells_implicit_data_both_ways(flags):
+    from lit_idpo.errors import parse_command
+    from lit_idpo.evaluation.command import build_parser
+
+    options = parse_command(build_parser(), ["--model", "a=x", "--output_dir", "o", *flags], "evaluate")
+    assert options["implicit"].data == ev.DataOptions(source="bundled:instructions_onpolicy", split="test")
+    assert parse_command(build_parser(), ["--model", "a=x", "--output_dir", "o"], "evaluate")["implicit"].data is None
