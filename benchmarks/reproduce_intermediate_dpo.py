@@ -93,7 +93,7 @@ def seed_readings(summary: dict) -> list:
     return lines
 
 
-def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
+def publish(out: Path, dest: Path, config: Path, timings: dict, title: str | None = None) -> Path:
     from lit_idpo.sweep import Sweep, format_sweep_markdown, load_spec
     from lit_idpo.sweep.report import format_seeds_markdown
 
@@ -116,7 +116,7 @@ def publish(out: Path, dest: Path, config: Path, timings: dict) -> Path:
     total = sum(t["seconds"] for t in timings["invocations"])
     fit_total = sum(r.get("fit_seconds") or 0 for r in summary["rows"])  # over seeds too: a seeded row sums them
     trainings = len(summary["rows"]) * (len(summary["seeds"]) if "seeds" in summary else 1)
-    title = "Seed study" if "seeds" in summary else "Reproduction in miniature"
+    title = title or ("Seed study" if "seeds" in summary else "Reproduction in miniature")
     lines = [f"# {title}: results", "",
              f"Written by `benchmarks/reproduce_intermediate_dpo.py` on {time.strftime('%Y-%m-%d')}. "
              "Method and choices: "
@@ -150,6 +150,8 @@ def main(argv=None) -> None:
     parser.add_argument("--dest", default=str(DEFAULT_DEST), help="where the committable results go")
     parser.add_argument("--dry_run", action="store_true", help="print the exact commands; run nothing")
     parser.add_argument("--publish_only", action="store_true", help="only copy a finished run's results to --dest")
+    parser.add_argument("--title", default=None, help="RESULTS.md's title (default: 'Seed study' for a seeded sweep, "
+                        "else 'Reproduction in miniature')")
     args = parser.parse_args(argv)
 
     from lit_idpo.sweep import Sweep, load_spec, run_sweep
@@ -176,7 +178,7 @@ def main(argv=None) -> None:
             manifest = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
             timings["fit_seconds"] = {k: v.get("fit_seconds") for k, v in manifest.get("settings", {}).items()}
             timings_path.write_text(json.dumps(timings, indent=2) + "\n")
-    path = publish(out, Path(args.dest), config, timings)
+    path = publish(out, Path(args.dest), config, timings, args.title)
     print(path.read_text())
     print(f"Published to {Path(args.dest)}", file=sys.stderr)
 
