@@ -109,7 +109,9 @@ def test_evaluate_judges_prompt_only_rows_and_reads_implicit_pairs_apart(tmp_pat
     for model in results["models"]:  # the per-constraint profile, and its table in the report
         assert set(model["responses"]["constraints"]) == {c["type"] for r in load_rows("instructions", "test")[:3]
                                                           for c in r["constraints"]}
-    assert "Pass rate (%) per constraint type" in (tmp_path / "out" / "results.md").read_text()
+    report = (tmp_path / "out" / "results.md").read_text()
+    assert "Pass rate (%) per constraint type" in report
+    assert "arithmetic answer reading" not in report  # the rule judge's reading is arithmetic's, unused here
 
 
 @pytest.mark.parametrize("flags", [

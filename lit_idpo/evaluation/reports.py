@@ -20,10 +20,14 @@ def format_markdown(results: Mapping[str, Any]) -> str:
     """The evaluation as markdown: pairwise win rates, per-model scores, implicit-reward accuracy."""
     lines = []
     prompts = results["prompts"]
+    # The answer reading is the arithmetic task's: named only where the responses were read with it (or where
+    # nothing was generated to tell, e.g. an older results file).
+    arithmetic = not results.get("models") or any(m.get("readings") for m in results["models"])
     judge = results["judge"]
     lines.append(f"Prompts: {prompts['prompts']} from split `{prompts['split']}` of `{prompts['source']}`; "
                  f"judge: `{judge['name']}`" + (f" ({judge['model']})" if judge.get("model") else "") +
-                 (f" (arithmetic answer reading: `{judge['extraction']}`)" if judge.get("extraction") else "") +
+                 (f" (arithmetic answer reading: `{judge['extraction']}`)" if judge.get("extraction") and arithmetic
+                  else "") +
                  (f" (verifier: `{judge['verifier']}`)" if judge.get("verifier") else "") +
                  f"; generation: {_generation_line(results['generation'])}.")
     if results.get("pairs"):
