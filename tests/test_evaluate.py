@@ -252,7 +252,8 @@ def test_load_prompts_keeps_rows_and_counts_skips(tmp_path):
     assert [r.index for r in records] == [0, 2]
     assert records[0].prompt == [{"role": "user", "content": "hi"}] and records[0].row["answer"] == 3
     assert stats["skipped"] == {"identical_completions": 1} and stats["format"] == "conversational"
-    with pytest.raises(ValueError, match=r"prefs.jsonl, line 2: field 'chosen/rejected'.*on_bad_row"):
+    with pytest.raises(ValueError, match=r"prefs.jsonl, line 2: fields 'chosen' and 'rejected' are identical\. Fix the "
+                                         r"row, or set data.on_bad_row=skip"):
         ev.load_prompts(ev.DataOptions(source=str(path), split="train"))
 
 

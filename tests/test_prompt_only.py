@@ -36,10 +36,10 @@ def test_prompt_only_rows_are_kept_whole_beside_pair_rows(tmp_path):
 
 
 @pytest.mark.parametrize("prompt, message", [
-    ("   ", r"only.jsonl, line 1: field 'prompt': field 'prompt' holds only whitespace"),
+    ("   ", r"only.jsonl, line 1: field 'prompt' holds only whitespace\. Fix the row, or set data.on_bad_row=skip"),
     ([], r"field 'prompt' is an empty list of messages"),
     ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-     r"field 'prompt\[1\].role': the prompt ends with an 'assistant' message"),
+     r"field 'prompt\[1\].role' is 'assistant': a prompt to answer must not end with the assistant's message"),
     (7, r"field 'prompt' is a int"),
 ])
 def test_a_bad_prompt_only_row_is_named_or_skipped_and_counted(tmp_path, prompt, message):

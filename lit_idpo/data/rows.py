@@ -32,6 +32,12 @@ class BadRowError(DataError):
         self.problem = problem
         self.where = where
 
+    def with_fix(self, where: str) -> "BadRowError":
+        """This error located (``where``: the row as the user counts it) and ending with the fix: the one
+        wording of an unusable row for training and evaluation alike."""
+        return BadRowError(self.reason, self.field, f"{self.problem}. Fix the row, or set data.on_bad_row=skip to "
+                                                    f"skip such rows (they are counted)", where=where)
+
 
 @dataclass
 class NormalizedRow:
@@ -167,8 +173,8 @@ def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
         rejected = _messages(row, "rejected")
         if prompt[-1]["role"] == "assistant":
             raise BadRowError("bad_roles", f"prompt[{len(prompt) - 1}].role",
-                              "the prompt ends with an 'assistant' message; the completion must be the "
-                              "assistant's reply to it")
+                              f"field 'prompt[{len(prompt) - 1}].role' is 'assistant': the prompt ends with the "
+                              f"assistant's message; the completion must be the assistant's reply to it")
         if not any(m["content"].strip() for m in prompt):
             raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
         _check_completion(chosen, "chosen")
@@ -218,7 +224,8 @@ def normalize_prompt(row: Dict[str, Any]) -> Union[str, List[Message]]:
         prompt = _messages(row, "prompt")
         if prompt[-1]["role"] == "assistant":
             raise BadRowError("bad_roles", f"prompt[{len(prompt) - 1}].role",
-                              "the prompt ends with an 'assistant' message; a prompt to answer must not")
+                              f"field 'prompt[{len(prompt) - 1}].role' is 'assistant': a prompt to answer must not "
+                              f"end with the assistant's message")
         if not any(m["content"].strip() for m in prompt):
             raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
         return prompt

@@ -186,9 +186,7 @@ def tokenize_rows(
         if on_bad_row == "skip":
             dropped[err.reason] += 1
             return
-        raise BadRowError(err.reason, err.field, f"{err.problem}. Fix the row, or set data.on_bad_row=skip to skip "
-                                                 f"such rows (they are counted)",
-                          where=row_location(rows, index, f"{split} split {stats.source_split!r}")) from None
+        raise err.with_fix(row_location(rows, index, f"{split} split {stats.source_split!r}")) from None
 
     def flush(chunk: List[Tuple[int, Union[NormalizedRow, BadRowError]]]) -> bool:
         """Tokenise a chunk of rows and keep or count each, in row order; True once the limit is reached."""

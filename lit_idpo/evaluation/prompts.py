@@ -58,9 +58,7 @@ def load_prompts(data: DataOptions) -> Tuple[List[PromptRecord], Dict[str, Any]]
                 continue
             # Name the row as the user counts it (a JSONL file: its line number).
             where = row_location(rows, index, f"split {data.split!r} of {data.source!r}")
-            raise BadRowError(err.reason, err.field,
-                              f"field {err.field!r}: {err.problem}. Fix the data, or set data.on_bad_row to skip "
-                              f"(skipped rows are counted).", where=where) from None
+            raise err.with_fix(where) from None
         records.append(PromptRecord(index, normal.prompt, normal.chosen, normal.rejected, dict(row)))
     fmt = fmt or ("prompt_only" if records else "?")
     stats = {"source": data.source, "split": data.split, "format": fmt, "rows_read": read, "prompts": len(records),
