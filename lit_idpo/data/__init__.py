@@ -13,6 +13,10 @@ row that has the fields):
   ``prompt`` column, if present, is **ignored** in this format: the conversations are the truth, and
   they carry what a plain-string prompt column cannot (system messages, earlier turns).
 
+A **prompt-only** row (a ``prompt``, string or messages, and neither ``chosen`` nor ``rejected``) serves
+``lit-idpo evaluate``'s generation only (``bundled:instructions`` is one such source); training and the
+implicit-reward pass need pairs, and say so when given one.
+
 Tokenisation (one pair = one prompt and two completions):
 
 - With a chat template, the template is applied once to prompt + completion; a standard row is
