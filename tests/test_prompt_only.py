@@ -39,7 +39,7 @@ def test_prompt_only_rows_are_kept_whole_beside_pair_rows(tmp_path):
     ("   ", r"only.jsonl, line 1: field 'prompt' holds only whitespace\. Fix the row, or set data.on_bad_row=skip"),
     ([], r"field 'prompt' is an empty list of messages"),
     ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-     r"field 'prompt\[1\].role' is 'assistant': a prompt to answer must not end with the assistant's message"),
+     r"field 'prompt\[1\].role' is 'assistant': the prompt must end before the assistant's reply"),
     (7, r"field 'prompt' is a int"),
 ])
 def test_a_bad_prompt_only_row_is_named_or_skipped_and_counted(tmp_path, prompt, message):
@@ -125,3 +125,20 @@ def test_the_command_line_spells_implicit_data_both_ways(flags):
     options = parse_command(build_parser(), ["--model", "a=x", "--output_dir", "o", *flags], "evaluate")
     assert options["implicit"].data == ev.DataOptions(source="bundled:instructions_onpolicy", split="test")
     assert parse_command(build_parser(), ["--model", "a=x", "--output_dir", "o"], "evaluate")["implicit"].data is None
+
+
+def test_a_pair_rows_prompt_and_a_prompt_only_rows_prompt_are_checked_alike():
+    from lit_idpo.data import BadRowError, normalize_row
+    from lit_idpo.data.rows import normalize_prompt
+
+    prompt = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    pair = {"prompt": prompt, "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}]}
+    messages = []
+    for check in (lambda: normalize_row(pair, "conversational"), lambda: normalize_prompt({"prompt": prompt})):
+        with pytest.raises(BadRowError) as err:
+            check()
+        messages.append((err.value.reason, err.value.field, str(err.value)))
+    assert messages[0] == messages[1] == ("bad_roles", "prompt[1].role", "field 'prompt[1].role' is 'assistant': "
+                                          "the prompt must end before the assistant's reply (the completion is that "
+                                          "reply)")

@@ -148,6 +148,18 @@ def _check_completion(messages: List[Message], name: str, start: int = 0) -> Non
                                                     f"is empty)")
 
 
+def _prompt_messages(row: Dict[str, Any]) -> List[Message]:
+    """A message-list ``prompt``, validated: it has text and ends before the assistant's reply."""
+    prompt = _messages(row, "prompt")
+    if prompt[-1]["role"] == "assistant":
+        raise BadRowError("bad_roles", f"prompt[{len(prompt) - 1}].role",
+                          f"field 'prompt[{len(prompt) - 1}].role' is 'assistant': the prompt must end before the "
+                          f"assistant's reply (the completion is that reply)")
+    if not any(m["content"].strip() for m in prompt):
+        raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
+    return prompt
+
+
 def _check_distinct(chosen: Any, rejected: Any) -> None:
     if chosen == rejected:
         raise BadRowError("identical_completions", "chosen/rejected", "fields 'chosen' and 'rejected' are identical")
@@ -168,15 +180,9 @@ def normalize_row(row: Dict[str, Any], fmt: str) -> NormalizedRow:
         return NormalizedRow("text", prompt, chosen, rejected)
 
     if fmt == "conversational":
-        prompt = _messages(row, "prompt")
+        prompt = _prompt_messages(row)
         chosen = _messages(row, "chosen")
         rejected = _messages(row, "rejected")
-        if prompt[-1]["role"] == "assistant":
-            raise BadRowError("bad_roles", f"prompt[{len(prompt) - 1}].role",
-                              f"field 'prompt[{len(prompt) - 1}].role' is 'assistant': the prompt ends with the "
-                              f"assistant's message; the completion must be the assistant's reply to it")
-        if not any(m["content"].strip() for m in prompt):
-            raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
         _check_completion(chosen, "chosen")
         _check_completion(rejected, "rejected")
         _check_distinct(chosen, rejected)
@@ -221,12 +227,5 @@ def is_prompt_only(row: Any) -> bool:
 def normalize_prompt(row: Dict[str, Any]) -> Union[str, List[Message]]:
     """Validate a prompt-only row's ``prompt`` (a string, or messages not ending with the assistant's)."""
     if isinstance(row.get("prompt"), list):
-        prompt = _messages(row, "prompt")
-        if prompt[-1]["role"] == "assistant":
-            raise BadRowError("bad_roles", f"prompt[{len(prompt) - 1}].role",
-                              f"field 'prompt[{len(prompt) - 1}].role' is 'assistant': a prompt to answer must not "
-                              f"end with the assistant's message")
-        if not any(m["content"].strip() for m in prompt):
-            raise BadRowError("empty_prompt", "prompt", "field 'prompt' has no text (every message is empty)")
-        return prompt
+        return _prompt_messages(row)
     return _text(row, "prompt", "empty_prompt")
